@@ -1,0 +1,3 @@
+"""Exercise checks of Chapter 4, train vs test."""
+
+__all__: list[str] = []

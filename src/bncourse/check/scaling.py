@@ -1,0 +1,3 @@
+"""Exercise checks of Chapter 2, feature scaling."""
+
+__all__: list[str] = []

@@ -1,0 +1,49 @@
+"""Where the course's tensors live, and how runs are made reproducible."""
+
+import os
+import random
+
+import numpy as np
+import torch
+
+_DEVICES = ("cpu", "cuda", "mps")
+
+
+def default_device() -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU.
+
+    Set the environment variable ``BNCOURSE_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) to choose.
+    """
+    choice = os.environ.get("BNCOURSE_DEVICE", "").strip()
+    if choice:
+        if choice.split(":")[0] not in _DEVICES:
+            raise ValueError(
+                f"BNCOURSE_DEVICE must be one of {', '.join(_DEVICES)} (optionally with ':index'), "
+                f"got {choice!r}"
+            )
+        return torch.device(choice)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def available_devices() -> list[torch.device]:
+    """Every device kind this machine can run the kernels on (the CPU first)."""
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append(torch.device("mps"))
+    return devices
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (CPU and every GPU); returns a seeded CPU generator."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+    return torch.Generator().manual_seed(seed)
