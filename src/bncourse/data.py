@@ -56,9 +56,12 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
     ``drop_last`` skips a final short batch (a batch of 1 cannot be batch-normalized in training).
     """
     n = x.shape[0]
-    if not 1 <= batch_size:
+    if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-    order = torch.randperm(n, generator=generator).to(x.device) if shuffle else torch.arange(n, device=x.device)
+    if shuffle:
+        order = torch.randperm(n, generator=generator).to(x.device)
+    else:
+        order = torch.arange(n, device=x.device)
     stop = n - n % batch_size if drop_last else n
     for i in range(0, stop, batch_size):
         idx = order[i : i + batch_size]

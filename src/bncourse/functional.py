@@ -7,9 +7,11 @@ Two choices in these kernels come from measurement (``python -m bncourse.bench``
 
 * The variance is computed in two passes, ``mean((x - mean)**2)``. The one-pass form
   ``E[x**2] - E[x]**2`` loses every digit in float32 when the data has a large offset.
-* Reductions use ``Tensor.sum`` / ``Tensor.mean`` over the non-channel dims. On the CPU these are
-  vectorised across the channel dim and run at memory speed; ``torch.var_mean`` over dim 0 is about
-  50x slower there, and a matrix-vector product with a ones vector about 5x slower.
+* Reductions are plain ``Tensor.sum`` calls (:func:`channel_sum`). On the CPU these are vectorised
+  across the channel dim and run at memory speed; ``torch.var_mean`` over dim 0 is about 50x slower
+  there, ``torch.linalg.vector_norm`` about 5x, and a product with a ones vector about 5x.
+* The forward keeps the centered input ``x - mean`` and ``1/std`` rather than the normalized
+  input, so the output and the backward are single fused ``addcmul`` kernels over it.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ __all__ = [
 class BatchNormCache:
     """What the forward pass keeps for the backward pass.
 
-    ``x_hat`` is the normalized input, ``mean``/``var`` the biased batch statistics and ``inv_std``
-    ``1/sqrt(var + eps)``, each of shape ``(C,)``. ``x`` is kept for the staged backward, which
-    retraces the forward graph step by step.
+    ``x_mu`` is the centered input ``x - mean``; ``mean``/``var`` are the biased batch statistics
+    and ``inv_std = 1/sqrt(var + eps)``, each of shape ``(C,)``; ``x`` is the input itself (kept
+    for reference; ``None`` inside the autograd Function, which does not need it).
     """
 
-    x_hat: torch.Tensor
+    x_mu: torch.Tensor
     mean: torch.Tensor | None
     var: torch.Tensor | None
     inv_std: torch.Tensor
@@ -45,18 +47,34 @@ class BatchNormCache:
     x: torch.Tensor | None = None
 
     @property
+    def x_hat(self) -> torch.Tensor:
+        """The normalized input ``(x - mean) / sqrt(var + eps)`` (computed on each access)."""
+        return self.x_mu * channel_view(self.inv_std, self.x_mu)
+
+    @property
     def dims(self) -> tuple[int, ...]:
-        return reduce_dims(self.x_hat)
+        return reduce_dims(self.x_mu)
 
     @property
     def count(self) -> int:
         """Number of values per channel, m in the paper."""
-        return self.x_hat.numel() // self.x_hat.shape[1]
+        return self.x_mu.numel() // self.x_mu.shape[1]
 
 
 def reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
     """The dims statistics are taken over: every dim but the channel dim 1."""
     return (0, *range(2, x.dim()))
+
+
+def channel_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum per channel over every dim but 1, shape ``(C,)``.
+
+    Summing the trailing dims first and then the batch dim is about 2.5x faster on the CPU than
+    one reduction over ``(0, 2, 3)`` for an ``(N, C, H, W)`` input (measured with torch 2.13).
+    """
+    if t.dim() > 2:
+        t = t.sum(tuple(range(2, t.dim())))
+    return t.sum(0)
 
 
 def channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -104,18 +122,22 @@ def batch_norm_forward(
     check_input(x, training=True)
     check_channel_vector(gamma, "gamma", x)
     check_channel_vector(beta, "beta", x)
-    dims = reduce_dims(x)
-    mean = x.mean(dims)
-    x_hat = x - channel_view(mean, x)  # x - mu, normalized in place below
-    var = x_hat.square().mean(dims)  # two passes: accurate when |mean| >> std
+    m = x.numel() // x.shape[1]
+    mean = channel_sum(x) / m
+    x_mu = x - channel_view(mean, x)
+    var = channel_sum(x_mu.square()) / m  # two passes: accurate when |mean| >> std
     inv_std = torch.rsqrt(var + eps)
-    x_hat.mul_(channel_view(inv_std, x))
-    out = affine(x_hat, gamma, beta)
-    return out, BatchNormCache(x_hat, mean, var, inv_std, gamma, eps, x)
+    # out = gamma * (x_mu * inv_std) + beta, as one kernel over x_mu
+    scale = inv_std if gamma is None else gamma * inv_std
+    if beta is None:
+        out = x_mu * channel_view(scale, x)
+    else:
+        out = torch.addcmul(channel_view(beta, x), x_mu, channel_view(scale, x))
+    return out, BatchNormCache(x_mu, mean, var, inv_std, gamma, eps, x)
 
 
 def affine(x_hat: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None):
-    """``gamma * x_hat + beta`` per channel, in one kernel when both are given."""
+    """``gamma * x_hat + beta`` per channel (``None`` means 1 and 0), one kernel when both are given."""
     if gamma is not None and beta is not None:
         return torch.addcmul(channel_view(beta, x_hat), x_hat, channel_view(gamma, x_hat))
     if gamma is not None:
@@ -128,28 +150,28 @@ def affine(x_hat: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor |
 def batch_norm_backward(dout: torch.Tensor, cache: BatchNormCache):
     """Backward pass, staged: back through each node of the forward graph in turn.
 
-    The graph is ``mu = mean(x)``, ``xmu = x - mu``, ``var = mean(xmu**2)``,
-    ``inv_std = 1/sqrt(var + eps)``, ``x_hat = xmu * inv_std``, ``out = gamma * x_hat + beta``.
+    The graph is ``mu = mean(x)``, ``x_mu = x - mu``, ``var = mean(x_mu**2)``,
+    ``inv_std = 1/sqrt(var + eps)``, ``x_hat = x_mu * inv_std``, ``out = gamma * x_hat + beta``.
     Returns ``(dx, dgamma, dbeta)``. Slower than :func:`batch_norm_backward_fused`; written to be read.
     """
-    x, dims, m = cache.x, cache.dims, cache.count
-    view = lambda v: channel_view(v, x)  # noqa: E731
-    gamma = cache.gamma if cache.gamma is not None else torch.ones_like(cache.mean)
+    x_mu, m = cache.x_mu, cache.count
+    view = lambda v: channel_view(v, x_mu)  # noqa: E731
+    gamma = cache.gamma if cache.gamma is not None else torch.ones_like(cache.inv_std)
+    x_hat = cache.x_hat
     # out = gamma * x_hat + beta
-    dbeta = dout.sum(dims)
-    dgamma = (dout * cache.x_hat).sum(dims)
+    dbeta = channel_sum(dout)
+    dgamma = channel_sum(dout * x_hat)
     dx_hat = dout * view(gamma)
-    # x_hat = xmu * inv_std: xmu feeds x_hat directly and through var
-    xmu = x - view(cache.mean)
-    dinv_std = (dx_hat * xmu).sum(dims)
-    dxmu = dx_hat * view(cache.inv_std)
+    # x_hat = x_mu * inv_std: x_mu reaches x_hat directly, and through var and inv_std
+    dinv_std = channel_sum(dx_hat * x_mu)
+    dx_mu = dx_hat * view(cache.inv_std)
     # inv_std = (var + eps) ** -1/2
     dvar = -0.5 * cache.inv_std**3 * dinv_std
-    # var = mean(xmu ** 2)
-    dxmu = dxmu + 2.0 * xmu * view(dvar) / m
-    # xmu = x - mu, mu = mean(x)
-    dmu = -dxmu.sum(dims)
-    dx = dxmu + view(dmu) / m
+    # var = mean(x_mu ** 2)
+    dx_mu = dx_mu + 2.0 * x_mu * view(dvar) / m
+    # x_mu = x - mu, mu = mean(x): x reaches x_mu directly, and through mu
+    dmu = -channel_sum(dx_mu)
+    dx = dx_mu + view(dmu) / m
     return dx, dgamma, dbeta
 
 
@@ -159,13 +181,14 @@ def batch_norm_backward_fused(dout: torch.Tensor, cache: BatchNormCache):
     ``dx = gamma * inv_std / m * (m * dout - sum(dout) - x_hat * sum(dout * x_hat))``,
     with sums per channel. Returns ``(dx, dgamma, dbeta)``.
     """
-    x_hat, dims, m = cache.x_hat, cache.dims, cache.count
-    dbeta = dout.sum(dims)
-    dgamma = (dout * x_hat).sum(dims)
-    scale = cache.inv_std if cache.gamma is None else cache.gamma * cache.inv_std
-    # dx = scale * (dout - dbeta/m - x_hat * dgamma/m), two kernels and one temporary
-    dx = torch.addcmul(channel_view(-dbeta / m, x_hat), x_hat, channel_view(-dgamma / m, x_hat))
-    dx.add_(dout).mul_(channel_view(scale, x_hat))
+    x_mu, inv_std, m = cache.x_mu, cache.inv_std, cache.count
+    view = lambda v: channel_view(v, x_mu)  # noqa: E731
+    dbeta = channel_sum(dout)
+    dgamma = channel_sum(dout * x_mu) * inv_std  # sum(dout * x_hat)
+    scale = inv_std if cache.gamma is None else cache.gamma * inv_std
+    # dx = scale * dout - scale * dbeta / m - x_mu * (scale * inv_std * dgamma / m): two kernels
+    dx = torch.addcmul(view(-scale * dbeta / m), x_mu, view(-scale * inv_std * dgamma / m))
+    dx.addcmul_(dout, view(scale))
     return dx, dgamma, dbeta
 
 

@@ -1,7 +1,8 @@
 """``BatchNorm1d/2d/3d``: drop-in replacements for PyTorch's, built on :mod:`bncourse.functional`.
 
-Same constructor, parameters, buffers and ``state_dict`` keys as ``torch.nn.BatchNorm*d``, so
-either loads the other's state; train/eval follows ``self.training``.
+Same constructor (``bias=False`` keeps only the scale, as in recent PyTorch), parameters, buffers
+and ``state_dict`` keys as ``torch.nn.BatchNorm*d``, so either loads the other's state; train/eval
+follows ``self.training``.
 """
 
 import torch
@@ -26,6 +27,8 @@ class _BatchNorm(nn.Module):
         track_running_stats: bool = True,
         device=None,
         dtype=None,
+        *,
+        bias: bool = True,
     ):
         super().__init__()
         if not isinstance(num_features, int) or num_features < 1:
@@ -38,7 +41,10 @@ class _BatchNorm(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -64,7 +70,8 @@ class _BatchNorm(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = type(self).__name__
@@ -106,7 +113,9 @@ class _BatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             "{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
-            "track_running_stats={track_running_stats}".format(**self.__dict__)
+            "bias={bias}, track_running_stats={track_running_stats}".format(
+                **self.__dict__, bias=self.bias is not None
+            )
         )
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args):

@@ -1,0 +1,45 @@
+# The course's commands. Each one first creates (or refreshes) .venv from requirements.txt.
+#   make book          build the HTML book into _build/html, executing every notebook
+#   make test          lint, unit tests, every notebook under nbval, book build with warnings as errors
+#   make lab           open the notebooks in JupyterLab
+#   make bench         benchmark our batch norm against PyTorch's
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: book test lint unit book-check lab bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	@echo "The book is in _build/html: open $(CURDIR)/_build/html/index.html"
+
+test: lint unit book-check
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+# The notebooks were just executed by pytest (nbval); this build renders their stored outputs and
+# fails on any warning. `make book` executes them again while building.
+book-check: $(STAMP)
+	mkdir -p _build
+	sed 's/execute_notebooks: force/execute_notebooks: "off"/' _config.yml > _build/_config.stored.yml
+	$(BIN)/jupyter-book build . --config _build/_config.stored.yml --path-output _build/check \
+		--warningiserror --nitpick --keep-going --all --quiet
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab book/
+
+bench: $(STAMP)
+	$(BIN)/python -m bncourse.bench
+
+clean:
+	rm -rf _build .pytest_cache

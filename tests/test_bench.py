@@ -1,0 +1,21 @@
+"""The benchmark runs end to end (its timings are reported, never asserted)."""
+
+import torch
+
+from bncourse import bench
+
+
+def test_benchmark_prints_its_table_and_worst_ratio(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "SHAPES", [(64, 8), (4, 3, 5, 5)])
+    worst = bench.run(quick=True, device=torch.device("cpu"))
+    out = capsys.readouterr().out
+    assert "train fwd+bwd" in out and "eval fwd" in out and "peak memory" in out
+    assert out.strip().splitlines()[-1] == f"worst ratio vs torch: {worst:.2f}"
+
+
+def test_peak_memory_of_torch_and_ours_on_the_cpu():
+    shape = (4096, 64)  # 1 MiB: large enough to be measured
+    torch_peak = bench.peak_memory("torch", shape, torch.device("cpu"))
+    ours_peak = bench.peak_memory("ours", shape, torch.device("cpu"))
+    # the output and the input gradient at least; ours keeps one more input-sized tensor
+    assert 1.5 < torch_peak < 3.5 and torch_peak < ours_peak <= torch_peak + 1.25
