@@ -3,12 +3,14 @@
 #   make test          lint, unit tests, every notebook under nbval, book build with warnings as errors
 #   make lab           open the notebooks in JupyterLab
 #   make bench         benchmark our batch norm against PyTorch's
+#   make student-edition   the chapter notebooks without solutions or outputs, in student/
+#   make book-student  the book without solutions, into _build/student/_build/html
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test lint unit book-check lab bench clean
+.PHONY: book book-student student-edition test lint unit book-check lab bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +20,15 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "The book is in _build/html: open $(CURDIR)/_build/html/index.html"
+
+# The student build renders the stored outputs of the notebooks with every solution cut out.
+book-student: $(STAMP)
+	$(BIN)/bncourse student-book _build/student-src
+	$(BIN)/jupyter-book build _build/student-src --path-output _build/student --warningiserror --keep-going --all
+	@echo "The student book is in _build/student/_build/html: open $(CURDIR)/_build/student/_build/html/index.html"
+
+student-edition: $(STAMP)
+	$(BIN)/bncourse student-edition student
 
 test: lint unit book-check
 
