@@ -181,3 +181,12 @@ def test_one_example_is_fine_in_eval_mode():
     x = torch.randn(1, 3)
     out = F.batch_norm(x, torch.zeros(3), torch.ones(3), training=False, eps=0.0)
     torch.testing.assert_close(out, x)
+
+
+def test_batch_norm_has_torchs_signature():
+    import inspect
+
+    ours, ref = inspect.signature(F.batch_norm), inspect.signature(TF.batch_norm)
+    assert [(p.name, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.default) for p in ref.parameters.values()
+    ]

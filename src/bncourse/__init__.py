@@ -7,6 +7,8 @@ from . import (
     autograd,
     check,
     data,
+    diagram,
+    flow,
     functional,
     models,
     nn,

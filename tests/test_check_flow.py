@@ -1,0 +1,229 @@
+"""The Chapter 3 exercise checks: right answers pass, each typical mistake is named."""
+
+import pytest
+import torch
+
+import bncourse as bn
+from bncourse.check import CheckFailed
+
+
+def stats(x, dims, unbiased=False):
+    return x.mean(dims, keepdim=True), x.var(dims, keepdim=True, correction=int(unbiased))
+
+
+def view(v, x):
+    return v.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+# ---- bn_forward ----------------------------------------------------------------------------
+
+def forward(x, gamma, beta, eps=1e-5, dims=None, unbiased=False, how="inside", affine="right"):
+    dims = (0, *range(2, x.dim())) if dims is None else dims
+    mean, var = stats(x, dims, unbiased)
+    denominator = {"inside": lambda: torch.sqrt(var + eps), "none": lambda: torch.sqrt(var),
+                   "outside": lambda: torch.sqrt(var) + eps, "nosqrt": lambda: var + eps}[how]()
+    x_hat = (x - mean) / denominator
+    if affine == "none":
+        return x_hat
+    if affine == "swapped":
+        return view(beta, x) * x_hat + view(gamma, x)
+    return view(gamma, x) * x_hat + view(beta, x)
+
+
+def test_bn_forward_passes_the_reference(capsys):
+    bn.check.bn_forward(forward)
+    assert "✔ bn_forward: correct" in capsys.readouterr().out
+
+
+def test_bn_forward_passes_float32_work(capsys):
+    bn.check.bn_forward(lambda x, g, b, eps: forward(x.float(), g.float(), b.float(), eps))
+    assert "correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (dict(unbiased=True), "unbiased variance"),
+    (dict(how="none"), "eps is missing"),
+    (dict(how="outside"), "outside the square root"),
+    (dict(how="nosqrt"), "divides by the variance"),
+    (dict(affine="none"), "gamma and beta are not applied"),
+    (dict(affine="swapped"), "gamma and beta are swapped"),
+    (dict(dims=(1,)), "layer normalization"),
+    (dict(dims="all"), "all the elements at once"),
+])
+def test_bn_forward_names_the_mistake(wrong, message):
+    def fn(x, gamma, beta, eps):
+        kw = dict(wrong)
+        if kw.get("dims") == "all":
+            kw["dims"] = tuple(range(x.dim()))
+        return forward(x, gamma, beta, eps, **kw)
+
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.bn_forward(fn)
+
+
+@pytest.mark.parametrize("dims, message", [((0,), "one mean per position"),
+                                           ((2, 3), "instance normalization")])
+def test_bn_forward_names_wrong_axes_for_images(dims, message):
+    def fn(x, gamma, beta, eps):
+        return forward(x, gamma, beta, eps, dims=dims if x.dim() == 4 else (0,))
+
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.bn_forward(fn)
+
+
+def test_bn_forward_ignoring_the_eps_argument_is_caught():
+    with pytest.raises(CheckFailed, match="eps"):
+        bn.check.bn_forward(lambda x, g, b, eps: forward(x, g, b, 1e-5))
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda x, g, b, eps: None, "returned None"),
+    (lambda x, g, b, eps: (forward(x, g, b, eps), None), "got a tuple"),
+    (lambda x, g, b, eps: forward(x, g, b, eps)[:2], "expected shape"),
+    (lambda x, g, b, eps: x + 1.0, "differs from the reference"),
+])
+def test_bn_forward_other_failures(fn, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.bn_forward(fn)
+
+
+def not_attempted(*args):
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize("check", ["bn_forward", "identity_params", "bias_shift", "bn_backward"])
+def test_not_attempted(check):
+    with pytest.raises(CheckFailed, match="not attempted"):
+        getattr(bn.check, check)(not_attempted)
+
+
+# ---- identity_params -----------------------------------------------------------------------
+
+def identity(x, eps):
+    return torch.sqrt(x.var(0, correction=0) + eps), x.mean(0)
+
+
+def test_identity_params_passes_the_reference(capsys):
+    bn.check.identity_params(identity)
+    assert "✔ identity_params: correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda x, eps: (torch.sqrt(x.var(0) + eps), x.mean(0)), "unbiased variance"),
+    (lambda x, eps: (x.std(0, correction=0), x.mean(0)), "eps is missing"),
+    (lambda x, eps: (x.std(0, correction=0) + eps, x.mean(0)), "outside the square root"),
+    (lambda x, eps: (x.var(0, correction=0) + eps, x.mean(0)), "square root is missing"),
+    (lambda x, eps: identity(x, eps)[::-1], "swapped"),
+    (lambda x, eps: (identity(x, eps)[0], torch.zeros(x.shape[1])), "beta = 0"),
+    (lambda x, eps: (torch.ones(x.shape[1]), x.mean(0)), "gamma = 1"),
+    (lambda x, eps: (torch.sqrt(x.var(1, correction=0) + eps), x.mean(1)), "dim 0"),
+    (lambda x, eps: identity(x, eps)[0], "expected a pair"),
+])
+def test_identity_params_names_the_mistake(fn, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.identity_params(fn)
+
+
+# ---- bias_shift ----------------------------------------------------------------------------
+
+def shift(b, gamma, running_var, eps, training):
+    if training:
+        return torch.zeros_like(b)
+    return gamma * b / torch.sqrt(running_var + eps)
+
+
+def test_bias_shift_passes_the_reference(capsys):
+    bn.check.bias_shift(shift)
+    assert "✔ bias_shift: correct" in capsys.readouterr().out
+
+
+def test_bias_shift_accepts_a_scalar_zero_in_training(capsys):
+    bn.check.bias_shift(lambda b, g, v, eps, training: 0.0 if training else shift(b, g, v, eps, 0))
+    assert "correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda b, g, v, eps, training: shift(b, g, v, eps, False), "training-mode shift is wrong"),
+    (lambda b, g, v, eps, training: torch.zeros_like(b), "does not absorb the bias"),
+    (lambda b, g, v, eps, training: 0 * b if training else b, "does not pass through unchanged"),
+    (lambda b, g, v, eps, training: 0 * b if training else g * b / v.sqrt(), "eps is missing"),
+    (lambda b, g, v, eps, training: 0 * b if training else b / (v + eps).sqrt(),
+     "gamma is missing"),
+    (lambda b, g, v, eps, training: 0 * b if training else g * b / (v + eps),
+     "square root is missing"),
+    (lambda b, g, v, eps, training: -shift(b, g, v, eps, training), "sign is wrong"),
+])
+def test_bias_shift_names_the_mistake(fn, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.bias_shift(fn)
+
+
+# ---- bn_backward ---------------------------------------------------------------------------
+
+def backward(dout, x, gamma, eps, paths=("mu", "var"), unbiased=False, dims=(0,), scale=True):
+    mean, var = stats(x, dims, unbiased)
+    inv_std = 1 / torch.sqrt(var + eps)
+    x_hat = (x - mean) * inv_std
+    dx_hat = dout * gamma if scale else dout
+    dx = dx_hat
+    if "mu" in paths:
+        dx = dx - dx_hat.mean(dims, keepdim=True)
+    if "var" in paths:
+        dx = dx - x_hat * (dx_hat * x_hat).mean(dims, keepdim=True)
+    return inv_std * dx, (dout * x_hat).sum(0), dout.sum(0)
+
+
+def test_bn_backward_passes_the_reference(capsys):
+    bn.check.bn_backward(backward)
+    assert "✔ bn_backward: correct" in capsys.readouterr().out
+
+
+def test_bn_backward_passes_autograd():
+    def fn(dout, x, gamma, eps):
+        x, gamma = x.clone().requires_grad_(), gamma.clone().requires_grad_()
+        beta = torch.zeros_like(gamma, requires_grad=True)
+        out = torch.nn.functional.batch_norm(x, None, None, gamma, beta, True, 0.1, eps)
+        return torch.autograd.grad(out, (x, gamma, beta), dout)
+
+    bn.check.bn_backward(fn)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(paths=()), "treats mu and sigma"),
+    (dict(paths=("mu",)), "not the one through sigma"),
+    (dict(paths=("var",)), "not the one through mu"),
+    (dict(unbiased=True), "unbiased variance"),
+    (dict(eps=0.0), "eps is missing"),
+    (dict(scale=False), "factor gamma is missing"),
+    (dict(dims=(1,)), "wrong axis"),
+])
+def test_bn_backward_names_the_dx_mistake(kw, message):
+    def fn(dout, x, gamma, eps):
+        args = {"eps": eps, **kw}
+        return backward(dout, x, gamma, **args)
+
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.bn_backward(fn)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda dx, dg, db, dout, x: (dx, db, dg), "swapped"),
+    (lambda dx, dg, db, dout, x: (dx, dout.sum(0), db), "sums dout alone"),
+    (lambda dx, dg, db, dout, x: (dx, (dout * x).sum(0), db), "x instead of the normalized"),
+    (lambda dx, dg, db, dout, x: (dx, dg / x.shape[0], db), "dgamma is wrong: it is a mean"),
+    (lambda dx, dg, db, dout, x: (dx, dg, db / x.shape[0]), "dbeta is wrong: it is a mean"),
+    (lambda dx, dg, db, dout, x: (dx, dg, dout.sum(1)), "sum over the batch, dim 0"),
+    (lambda dx, dg, db, dout, x: dx, "expected a triple"),
+])
+def test_bn_backward_names_the_parameter_mistake(wrong, message):
+    def fn(dout, x, gamma, eps):
+        return wrong(*backward(dout, x, gamma, eps), dout, x)
+
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.bn_backward(fn)
+
+
+def test_checks_are_exported():
+    for name in ("bn_forward", "identity_params", "bias_shift", "bn_backward"):
+        assert name in bn.check.flow.__all__
+        assert callable(getattr(bn.check, name))

@@ -1,0 +1,122 @@
+"""bncourse.flow (batch norm with a stop-gradient on its statistics) and bncourse.diagram."""
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+import torch.nn.functional as TF
+from matplotlib.text import Annotation
+
+import bncourse as bn
+from bncourse import diagram, flow
+
+
+def make(shape, device, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=dtype) * 2 + 3
+    gamma = torch.rand(shape[1], generator=g, dtype=dtype) + 0.5
+    beta = torch.randn(shape[1], generator=g, dtype=dtype)
+    dout = torch.randn(shape, generator=g, dtype=dtype)
+    return [t.to(device) for t in (x, gamma, beta, dout)]
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (5, 4, 6)])
+def test_forward_and_running_stats_are_batch_norms(shape, device):
+    x, gamma, beta, _ = make(shape, device)
+    rm, rv = torch.zeros(shape[1], dtype=x.dtype, device=device), torch.ones_like(gamma)
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    out = flow.stop_grad_batch_norm(x, rm, rv, gamma, beta, momentum=0.3, eps=1e-3)
+    ref = TF.batch_norm(x, rm_ref, rv_ref, gamma, beta, training=True, momentum=0.3, eps=1e-3)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(rm, rm_ref)
+    torch.testing.assert_close(rv, rv_ref)
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (5, 4, 6)])
+def test_backward_treats_the_statistics_as_constants(shape, device):
+    x, gamma, beta, dout = make(shape, device)
+    xs = [t.clone().requires_grad_() for t in (x, gamma, beta)]
+    flow.stop_grad_batch_norm(xs[0], None, None, xs[1], xs[2]).backward(dout)
+    _, cache = bn.functional.batch_norm_forward(x, gamma, beta)
+    true_dx, true_dgamma, true_dbeta = bn.functional.batch_norm_backward_fused(dout, cache)
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    torch.testing.assert_close(xs[0].grad, dout * (gamma * cache.inv_std).reshape(view))
+    assert (xs[0].grad - true_dx).abs().max() > 0.1  # really a different gradient
+    torch.testing.assert_close(xs[1].grad, true_dgamma)  # gamma and beta see the same gradient
+    torch.testing.assert_close(xs[2].grad, true_dbeta)
+
+
+def test_without_affine_parameters(device):
+    x, _, _, dout = make((6, 2), device)
+    x.requires_grad_()
+    out = flow.stop_grad_batch_norm(x, None, None)
+    torch.testing.assert_close(out, TF.batch_norm(x, None, None, training=True))
+    out.backward(dout)
+    torch.testing.assert_close(x.grad, dout / torch.sqrt(x.var(0, correction=0) + 1e-5))
+
+
+def test_a_bias_before_it_gets_a_gradient_that_changes_nothing(device):
+    torch.manual_seed(0)
+    x = torch.randn(16, 5, dtype=torch.float64, device=device)
+    for norm, expect_zero in ((bn.nn.BatchNorm1d, True), (flow.StopGradBatchNorm1d, False)):
+        torch.manual_seed(1)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 4), norm(4), torch.nn.Tanh())
+        net = net.to(device, torch.float64)
+        net(x).square().sum().backward()
+        bias_grad = net[0].bias.grad.abs().max().item()
+        assert (bias_grad < 1e-10) if expect_zero else (bias_grad > 1e-2)
+        before = net(x)
+        with torch.no_grad():
+            net[0].bias.add_(10.0)
+        torch.testing.assert_close(net(x), before)  # in training mode the bias changes nothing
+
+
+def test_layer_trains_and_evaluates_as_batchnorm1d(device):
+    torch.manual_seed(0)
+    ours, ref = flow.StopGradBatchNorm1d(3, momentum=None), bn.nn.BatchNorm1d(3, momentum=None)
+    ours, ref = ours.to(device), ref.to(device)
+    for _ in range(3):
+        x = torch.randn(10, 3, device=device) * 2 + 1
+        torch.testing.assert_close(ours(x), ref(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name))
+    ours.eval(), ref.eval()
+    x = torch.randn(4, 3, device=device)
+    torch.testing.assert_close(ours(x), ref(x))
+    assert set(ours.state_dict()) == set(torch.nn.BatchNorm1d(3).state_dict())
+
+
+def test_clear_errors():
+    layer = flow.StopGradBatchNorm1d(3)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        layer(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="track_running_stats=True"):
+        flow.StopGradBatchNorm1d(3, track_running_stats=False)
+    with pytest.raises(TypeError, match="floating-point"):
+        flow.stop_grad_batch_norm(torch.ones(4, 3, dtype=torch.long), None, None)
+    with pytest.raises(ValueError, match=r"weight of shape \(3,\)"):
+        flow.stop_grad_batch_norm(torch.randn(4, 3), None, None, torch.ones(2))
+    layer.eval()
+    assert layer(torch.randn(1, 3)).shape == (1, 3)  # eval mode uses the running statistics
+
+
+def test_bn_graph_draws_every_node_and_edge():
+    ax = diagram.draw_bn_graph()
+    texts = [t.get_text() for t in ax.texts]
+    for _, _, label in diagram.BN_NODES.values():
+        assert label in texts
+    arrows = [c for c in ax.get_children() if isinstance(c, Annotation)]
+    assert len(arrows) == len(diagram.BN_EDGES)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["the direct path", r"through $\mu$", r"through $\sigma^2$", "parameters"]
+    ax.figure.canvas.draw()  # the mathtext labels render
+    plt.close(ax.figure)
+
+
+def test_draw_graph_rejects_unknown_nodes_and_paths():
+    nodes = {"a": (0, 0, "a"), "b": (1, 0, "b")}
+    with pytest.raises(ValueError, match="unknown node"):
+        diagram.draw_graph(nodes, [("a", "c", "direct", "")])
+    with pytest.raises(ValueError, match="has path 'nope'"):
+        diagram.draw_graph(nodes, [("a", "b", "nope", "")])
