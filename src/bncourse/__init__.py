@@ -11,6 +11,7 @@ from . import (
     experiments,
     flow,
     functional,
+    inference,
     landscape,
     models,
     nn,

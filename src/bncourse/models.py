@@ -17,6 +17,7 @@ NORMS: dict[str, Callable[[int], nn.Module]] = {
     "bn": bnn.BatchNorm1d,  # this course's batch norm
     "torch_bn": nn.BatchNorm1d,  # PyTorch's, for side-by-side runs
     "layer": nn.LayerNorm,
+    "group": lambda width: nn.GroupNorm(8, width),  # 8 groups: the width must be a multiple of 8
 }
 
 

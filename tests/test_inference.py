@@ -1,0 +1,316 @@
+"""bncourse.inference: momentum conventions, EMA weights, exact population statistics, batch noise."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import bncourse as bn
+from bncourse import inference as inf
+
+# --- momentum conventions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("convention", "value", "torch_value"),
+                         [("pytorch", 0.1, 0.1), ("keras", 0.99, 0.01), ("cs231n", 0.9, 0.1)])
+def test_momentum_conversion_round_trips(convention, value, torch_value):
+    assert inf.to_torch_momentum(value, convention) == pytest.approx(torch_value)
+    assert inf.from_torch_momentum(torch_value, convention) == pytest.approx(value)
+    assert inf.MOMENTUM_CONVENTIONS[convention].default == value
+
+
+@pytest.mark.parametrize("convention", ["keras", "cs231n"])
+def test_converted_momentum_gives_torch_running_mean(convention):
+    """The framework's own update rule, with its momentum, matches torch's layer with the converted one."""
+    gen = torch.Generator().manual_seed(0)
+    value = inf.MOMENTUM_CONVENTIONS[convention].default
+    layer = nn.BatchNorm1d(3, momentum=inf.to_torch_momentum(value, convention))
+    running = torch.zeros(3, dtype=torch.float64)
+    for _ in range(5):
+        x = torch.randn(8, 3, generator=gen)
+        layer(x)
+        running = inf.ema_update(running, x.double().mean(0), value, convention)
+    torch.testing.assert_close(layer.running_mean.double(), running, rtol=1e-5, atol=1e-6)
+    assert "momentum * running" in inf.MOMENTUM_CONVENTIONS[convention].update
+
+
+def test_conventions_reject_bad_input():
+    with pytest.raises(ValueError, match="convention must be one of"):
+        inf.to_torch_momentum(0.1, "caffe")
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\]"):
+        inf.to_torch_momentum(1.5, "keras")
+    with pytest.raises(ValueError, match="momentum must be"):
+        inf.from_torch_momentum(None, "pytorch")
+
+
+# --- weights of past batches --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.3, None])
+@pytest.mark.parametrize("layer_cls", [bn.nn.BatchNorm1d, nn.BatchNorm1d])
+def test_ema_weights_reproduce_the_running_mean(momentum, layer_cls):
+    gen = torch.Generator().manual_seed(1)
+    n = 12
+    layer = layer_cls(2, momentum=momentum)
+    init = torch.tensor([0.5, -1.0])
+    layer.running_mean.copy_(init)
+    means = []
+    for _ in range(n):
+        x = torch.randn(6, 2, generator=gen) * 2 + 1
+        means.append(x.double().mean(0))
+        layer(x)
+    weights, initial = inf.ema_weights(momentum, n)
+    assert weights.sum().item() + initial == pytest.approx(1.0)
+    expected = initial * init.double() + (weights.unsqueeze(1) * torch.stack(means)).sum(0)
+    torch.testing.assert_close(layer.running_mean.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_weights_newest_weighs_most():
+    weights, initial = inf.ema_weights(0.1, 5)
+    assert weights[-1].item() == pytest.approx(0.1)
+    assert torch.all(weights[1:] > weights[:-1])
+    assert initial == pytest.approx(0.9**5)
+    with pytest.raises(ValueError, match="num_batches must be a positive int"):
+        inf.ema_weights(0.1, 0)
+
+
+@pytest.mark.parametrize("momentum", [0.5, 0.1, 0.01])
+def test_effective_window_matches_variance_and_mean_age(momentum):
+    weights, _ = inf.ema_weights(momentum, 20_000)  # long enough that the initial value is gone
+    window = inf.effective_window(momentum)
+    assert 1 / weights.square().sum().item() == pytest.approx(window, rel=1e-6)
+    age = torch.arange(len(weights) - 1, -1, -1, dtype=torch.float64)
+    mean_age = (weights * age).sum().item()
+    assert mean_age == pytest.approx((window - 1) / 2, rel=1e-6)  # mean age of a uniform window
+
+
+def test_effective_window_values_and_errors():
+    assert inf.effective_window(0.1) == pytest.approx(19.0)
+    with pytest.raises(ValueError, match="infinite"):
+        inf.effective_window(0.0)
+
+
+# --- population statistics ----------------------------------------------------------------------
+
+
+def test_population_stats_of_unequal_chunks_equals_the_whole():
+    gen = torch.Generator().manual_seed(2)
+    chunks = [torch.randn(n, 3, generator=gen, dtype=torch.float64) + i for i, n in enumerate((4, 17, 2, 9))]
+    mean, var = inf.population_stats(chunks)
+    every = torch.cat(chunks)
+    torch.testing.assert_close(mean, every.mean(0))
+    torch.testing.assert_close(var, every.var(0))
+
+
+def test_population_stats_is_accurate_far_from_zero_in_float32():
+    gen = torch.Generator().manual_seed(3)
+    chunks = [(1e4 + torch.randn(64, 4, generator=gen, dtype=torch.float64)).float() for _ in range(8)]
+    mean, var = inf.population_stats(chunks)
+    every = torch.cat(chunks).double()
+    assert bn.rel_error(var, every.var(0)) < 1e-5
+    assert bn.rel_error(mean, every.mean(0)) < 1e-6
+
+
+def test_population_stats_reduces_every_dim_but_channels():
+    gen = torch.Generator().manual_seed(4)
+    chunks = [torch.randn(n, 3, 5, generator=gen, dtype=torch.float64) for n in (2, 3)]
+    mean, var = inf.population_stats(chunks)
+    every = torch.cat(chunks)
+    torch.testing.assert_close(mean, every.mean((0, 2)))
+    torch.testing.assert_close(var, every.var((0, 2)))
+
+
+def test_population_stats_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 2 values"):
+        inf.population_stats([torch.ones(1, 3)])
+    with pytest.raises(ValueError, match="at least 2 values"):
+        inf.population_stats([])
+    with pytest.raises(TypeError, match="floating-point"):
+        inf.population_stats([torch.ones(4, 3, dtype=torch.long)])
+    with pytest.raises(ValueError, match="channels"):
+        inf.population_stats([torch.ones(4, 3), torch.ones(4, 2)])
+
+
+def _trained_like(norm="bn", seed=0):
+    """An MLP whose weights and running buffers are far from their initial values."""
+    torch.manual_seed(seed)
+    model = bn.models.mlp([5, 6, 4, 3], norm=norm).double()
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        model(torch.randn(10, 5, generator=gen, dtype=torch.float64) * 3 + 2)
+    return model
+
+
+@pytest.mark.parametrize("norm", ["bn", "torch_bn"])
+def test_recompute_bn_stats_sets_the_eval_time_input_statistics(norm):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(50, 5, generator=gen, dtype=torch.float64) * 2 + 1
+    model = _trained_like(norm)
+    inf.recompute_bn_stats(model, x, batch_size=7)
+    assert model.training  # mode restored
+    first, second = inf.bn_layers(model)
+    z1 = model[0](x)
+    torch.testing.assert_close(first.running_mean, z1.mean(0))
+    torch.testing.assert_close(first.running_var, z1.var(0))
+    model.eval()
+    with torch.no_grad():
+        z2 = model[3](model[2](model[1](z1)))  # layer 2's input, layer 1 in eval mode
+    torch.testing.assert_close(second.running_mean, z2.mean(0))
+    torch.testing.assert_close(second.running_var, z2.var(0))
+
+
+def test_recompute_bn_stats_does_not_depend_on_the_chunk_size():
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    a = inf.recompute_bn_stats(_trained_like(), x, batch_size=3)
+    b = inf.recompute_bn_stats(_trained_like(), x, batch_size=1000)
+    for la, lb in zip(inf.bn_layers(a), inf.bn_layers(b), strict=True):
+        torch.testing.assert_close(la.running_mean, lb.running_mean)
+        torch.testing.assert_close(la.running_var, lb.running_var)
+
+
+class _Reversed(nn.Module):
+    """Two BN layers registered in one order and called in the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.late = bn.nn.BatchNorm1d(3)
+        self.early = bn.nn.BatchNorm1d(3)
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.late(self.lin(self.early(x)))
+
+
+def test_recompute_bn_stats_follows_the_call_order():
+    torch.manual_seed(7)
+    model = _Reversed().double()
+    x = torch.randn(30, 3, dtype=torch.float64) * 4 + 3
+    inf.recompute_bn_stats(model, x)
+    model.eval()
+    with torch.no_grad():
+        z = model.lin(model.early(x))  # uses early's new statistics
+    torch.testing.assert_close(model.late.running_mean, z.mean(0))
+    torch.testing.assert_close(model.late.running_var, z.var(0))
+
+
+def test_recompute_bn_stats_on_conv_layers():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1),
+                          bn.nn.BatchNorm2d(2)).double()
+    x = torch.randn(9, 2, 6, 6, dtype=torch.float64)
+    inf.recompute_bn_stats(model, x, batch_size=4)
+    z = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, z.mean((0, 2, 3)))
+    torch.testing.assert_close(model[1].running_var, z.var((0, 2, 3)))
+
+
+def test_recompute_bn_stats_rejects_bad_input():
+    with pytest.raises(ValueError, match="no batch norm layer"):
+        inf.recompute_bn_stats(nn.Linear(3, 2), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        inf.recompute_bn_stats(nn.BatchNorm1d(3, track_running_stats=False), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        inf.recompute_bn_stats(nn.BatchNorm1d(3), torch.randn(4, 3), batch_size=0)
+    with pytest.raises(ValueError, match="never calls"):
+        inf.recompute_bn_stats(_Unused(), torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"at least 2 examples, got dtype torch.int64"):
+        inf.recompute_bn_stats(nn.BatchNorm1d(3), torch.ones(4, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        inf.bn_layers("model")
+
+
+class _Unused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+# --- predicting with batch or running statistics ------------------------------------------------
+
+
+def test_batch_statistics_normalizes_per_batch_and_restores_everything():
+    model = _trained_like()
+    model.eval()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    with inf.batch_statistics(model), torch.no_grad():
+        inside = model(x)
+    train_mode = copy.deepcopy(model).train()
+    torch.testing.assert_close(inside, train_mode(x))
+    assert not any(m.training for m in model.modules())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_predict_batch_stats_of_one_batch_equals_train_mode_and_keeps_order():
+    model = _trained_like()
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    out = inf.predict(model, x, "batch", batch_size=12, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, copy.deepcopy(model).train()(x))
+    assert model.training
+    torch.testing.assert_close(inf.predict(model, x), copy.deepcopy(model).eval()(x))
+
+
+def test_predict_batch_stats_depends_on_the_company():
+    model = _trained_like()
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    a = inf.predict(model, x, "batch", 4, torch.Generator().manual_seed(0))
+    b = inf.predict(model, x, "batch", 4, torch.Generator().manual_seed(1))
+    assert not torch.allclose(a, b)
+
+
+def test_accuracy_and_predict_reject_bad_input():
+    model, x, y = _trained_like(), torch.randn(10, 5, dtype=torch.float64), torch.zeros(10, dtype=torch.long)
+    assert 0.0 <= inf.accuracy(model, x, y) <= 1.0
+    with pytest.raises(ValueError, match="stats must be"):
+        inf.predict(model, x, "exact")
+    with pytest.raises(ValueError, match="needs a batch_size"):
+        inf.predict(model, x, "batch")
+    with pytest.raises(ValueError, match=r"batch_size must be an int in \[2, 10\]"):
+        inf.predict(model, x, "batch", 1)
+
+
+# --- noise of the batch statistics --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_batch_mean_noise_follows_theory(replace):
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(2000, 8, generator=gen) * 3 + 5
+    sizes = [2, 8, 32, 128]
+    result = inf.batch_stat_noise(x, sizes, trials=600, generator=gen, replace=replace)
+    theory = torch.tensor([inf.mean_noise_theory(m, None if replace else 2000) for m in sizes])
+    assert bn.rel_error(result.mean_std.double(), theory) < 0.08
+    # Gaussian data: the biased batch variance has std sqrt(2 (m - 1)) / m in units of sigma^2
+    gauss = torch.tensor([math.sqrt(2 * (m - 1)) / m for m in sizes], dtype=torch.float64)
+    assert bn.rel_error(result.var_std.double(), gauss) < 0.1
+    assert result.batch_sizes == sizes
+
+
+def test_batch_stat_noise_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"shape \(N, C\)"):
+        inf.batch_stat_noise(torch.randn(10), [2])
+    with pytest.raises(ValueError, match="batch sizes must be ints"):
+        inf.batch_stat_noise(torch.randn(10, 2), [1, 4])
+    with pytest.raises(ValueError, match="constant"):
+        inf.batch_stat_noise(torch.ones(10, 2), [2])
+
+
+def test_mean_noise_theory_and_power_law_slope():
+    assert inf.mean_noise_theory(4) == pytest.approx(0.5)
+    assert inf.mean_noise_theory(10, 10) == 0.0
+    assert inf.mean_noise_theory(1, 10) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="batch_size <= population"):
+        inf.mean_noise_theory(11, 10)
+    xs = [1, 2, 4, 8, 16]
+    slope, intercept = inf.power_law_slope(xs, [3 * v**-0.5 for v in xs])
+    assert slope == pytest.approx(-0.5)
+    assert intercept == pytest.approx(math.log(3))
+    with pytest.raises(ValueError, match="same length"):
+        inf.power_law_slope([1, 2], [1])
