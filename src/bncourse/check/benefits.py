@@ -1,3 +1,253 @@
-"""Exercise checks of Chapter 5, the benefits."""
+"""Exercise checks of Chapter 5, the benefits: weight-scale invariance, reading training runs, and
+gradient predictiveness."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+from ..benefits import Sweep, bn_linear_grad
+from ..train import History
+from .core import CheckFailed, as_tensor, call, passed
+
+__all__ = ["gradient_change", "grad_at_scaled_weight", "largest_trainable_lr", "steps_fraction"]
+
+EPS = 1e-5
+
+
+def _variant_grad(x, v, dout, *, unbiased=False, detach_stats=False, eps=EPS) -> torch.Tensor:
+    """The gradient of ``sum(dout * BN(x V^T))`` in ``V`` as the typical wrong answers compute it."""
+    v = v.detach().clone().requires_grad_()
+    h = x @ v.T
+    mean, var = h.mean(0), h.var(0, unbiased=unbiased)
+    if detach_stats:
+        mean, var = mean.detach(), var.detach()
+    out = (h - mean) / torch.sqrt(var + eps)
+    (grad,) = torch.autograd.grad((out * dout).sum(), v)
+    return grad
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, rtol=1e-6, atol=1e-10 * b.abs().max().item()))
+
+
+def grad_at_scaled_weight(fn) -> None:
+    """Check ``fn(x, w, k, dout)``: the gradient of ``sum(dout * BN(x V^T))`` in ``V``, at ``V = k w``."""
+    name = "grad_at_scaled_weight"
+    cases = [(32, 6, 4, 3.0, 0), (50, 5, 7, 0.25, 1), (40, 8, 3, 1e-3, 2), (64, 4, 4, 20.0, 3)]
+    for n, d_in, d_out, k, seed in cases:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, d_in, generator=gen, dtype=torch.float64) * 2 + 1
+        w = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64)
+        dout = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
+        args = x.clone(), w.clone(), k, dout.clone()
+        ref = bn_linear_grad(x, k * w, dout, EPS)[1]
+        got = as_tensor(call(fn, *args, name=name), name, ref)
+        if not torch.equal(args[1], w):
+            raise CheckFailed(f"{name}: the function changed w in place; leave it as it was")
+        if _close(got, ref):
+            continue
+        at_w = bn_linear_grad(x, w, dout, EPS)[1]
+        where = f"(k = {k}, x of shape {tuple(x.shape)})"
+        mistakes = [
+            (k * ref, "this is k times the right gradient: the gradient with respect to W of "
+                      "L(kW) (the chain rule multiplies by k). The task asks for the gradient "
+                      "with respect to the scaled weight V itself, at V = kW"),
+            (at_w, "this is the gradient at W, not at V = kW: evaluate it with the scaled weight"),
+            (k * at_w, "this is k times the gradient at W; the gradient at kW is 1/k of it"),
+            (_variant_grad(x, k * w, dout, eps=0.0),
+             f"eps is missing: normalize with sqrt(var + {EPS}), as batch norm does"),
+            (_variant_grad(x, k * w, dout, unbiased=True),
+             "you normalized with the unbiased variance (n - 1); batch norm uses the biased one"),
+            (_variant_grad(x, k * w, dout, detach_stats=True),
+             "the gradient ignores that the batch mean and variance depend on V: let autograd "
+             "differentiate through them (do not detach them)"),
+        ]
+        for wrong, hint in mistakes:
+            if _close(got, wrong):
+                raise CheckFailed(f"{name}: {hint} {where}")
+        err = ((got - ref).norm() / ref.norm()).item()
+        raise CheckFailed(f"{name}: wrong gradient {where}: relative error {err:.2g}")
+    passed(name, "4 random layers, k from 0.001 to 20")
+
+
+def _sweep(lrs: list[float], acc: list[list[float]]) -> Sweep:
+    t = torch.tensor(acc, dtype=torch.float64)
+    return Sweep(lrs, list(range(t.shape[1])), t, torch.zeros_like(t),
+                 torch.zeros(t.shape, dtype=torch.bool))
+
+
+def largest_trainable_lr(fn) -> None:
+    """Check ``fn(lrs, acc, threshold)``: the largest rate at which every seed reaches ``threshold``."""
+    name = "largest_trainable_lr"
+    nan = math.nan
+    cases = [  # (lrs, accuracies per lr and seed, threshold)
+        ([0.01, 0.1, 1.0, 10.0], [[0.5, 0.6, 0.55], [0.93, 0.95, 0.94], [0.96, 0.4, 0.97],
+                                  [0.1, 0.1, 0.1]], 0.9),
+        ([3.0, 0.3, 30.0, 1.0], [[0.95, 0.96], [0.92, 0.91], [0.1, nan], [0.97, 0.9]], 0.9),
+        ([0.1, 0.2, 0.4], [[0.99, 0.98], [0.97, 0.99], [0.96, 0.95]], 0.95),
+        ([0.1, 1.0], [[0.3, 0.2], [nan, 0.1]], 0.9),
+        ([0.05, 0.5, 5.0], [[0.8, 0.8, 0.8], [0.9, 0.91, 0.93], [0.95, 0.2, 0.99]], 0.8),
+        ([0.1, 1.0, 3.0], [[0.9, 0.92], [0.95, 0.88], [0.5, 0.4]], 0.9),
+    ]
+    for lrs, acc, threshold in cases:
+        sweep = _sweep(lrs, acc)
+        ref = sweep.largest_trainable(threshold)
+        got = call(fn, list(lrs), torch.tensor(acc, dtype=torch.float64), threshold, name=name)
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        where = f"(lrs {lrs}, threshold {threshold})"
+        if ref is None:
+            if got is not None:
+                raise CheckFailed(f"{name}: no rate trains every seed here, so return None; got "
+                                  f"{got!r} {where}")
+            continue
+        if got is not None and (isinstance(got, bool) or not isinstance(got, Real)):
+            raise CheckFailed(f"{name}: return a learning rate (a float), got {type(got).__name__}")
+        if got is not None and math.isclose(got, ref):
+            continue
+        t = torch.tensor(acc, dtype=torch.float64)
+        mean_ok = [lr for lr, a in zip(lrs, t.nanmean(1).tolist(), strict=True) if a >= threshold]
+        any_ok = [lr for lr, a in zip(lrs, (t >= threshold).any(1).tolist(), strict=True) if a]
+        strict = sweep.largest_trainable(threshold + 1e-9)
+        ordered = [lr for lr, ok in zip(lrs, sweep.trains(threshold).tolist(), strict=True) if ok]
+        if isinstance(got, int) and got == lrs.index(ref):
+            hint = "you returned the index of the rate; return the rate itself"
+        elif got == strict:
+            hint = "a run that reaches exactly the threshold counts: compare with >="
+        elif got is None:
+            hint = f"returned None, but {ref} trains every seed"
+        elif mean_ok and got == max(mean_ok):
+            hint = ("a rate trains only if every seed reaches the threshold; you seem to have "
+                    "averaged over the seeds, which lets a failing seed hide behind good ones")
+        elif any_ok and got == max(any_ok):
+            hint = "a rate trains only if every seed reaches the threshold, not just one of them"
+        elif got == min(ordered):
+            hint = "that is the smallest rate that trains; the task asks for the largest"
+        elif got == ordered[-1]:
+            hint = "the rates are not sorted: take the largest trainable one, not the last listed"
+        else:
+            hint = f"expected {ref}, got {got}"
+        raise CheckFailed(f"{name}: {hint} {where}")
+    passed(name, "6 sweeps: unsorted rates, NaN from diverged runs, none trainable")
+
+
+def _history(steps: list[int], acc: list[float]) -> History:
+    return History(eval_step=list(steps), test_acc=list(acc), train_acc=list(acc),
+                   train_loss=[0.0] * len(acc))
+
+
+def _first(acc: list[float], target: float, strict: bool = False) -> int | None:
+    return next((i for i, a in enumerate(acc) if (a > target if strict else a >= target)), None)
+
+
+def steps_fraction(fn) -> None:
+    """Check ``fn(plain, normed)``: the fraction of the plain run's steps the BN run needs to reach
+    the plain run's final test accuracy (None if it never does)."""
+    name = "steps_fraction"
+    uniform = [0, 50, 100, 150, 200, 250, 300, 350, 400]
+    cases = [  # (evaluated steps, plain test accuracies, normed test accuracies)
+        (uniform, [0.1, 0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.93],
+         [0.1, 0.8, 0.9, 0.93, 0.95, 0.96, 0.97, 0.97, 0.98]),
+        ([0, 25, 50, 100, 150, 200, 300, 400, 500], [0.1, 0.6, 0.9, 0.95, 0.9, 0.88, 0.87, 0.86, 0.85],
+         [0.1, 0.5, 0.8, 0.84, 0.85, 0.9, 0.96, 0.97, 0.97]),
+        (uniform, [0.1, 0.2, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99],
+         [0.1, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95, 0.96, 0.97]),
+    ]
+    for steps, plain_acc, normed_acc in cases:
+        plain, normed = _history(steps, plain_acc), _history(steps, normed_acc)
+        reached = normed.steps_to(plain_acc[-1])
+        ref = None if reached is None else reached / steps[-1]
+        got = call(fn, plain, normed, name=name)
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if ref is None:
+            if got is not None:
+                raise CheckFailed(f"{name}: here the BN run never reaches the plain run's final "
+                                  f"accuracy {plain_acc[-1]}, so return None; got {got!r}")
+            continue
+        if got is not None and (isinstance(got, bool) or not isinstance(got, Real)):
+            raise CheckFailed(f"{name}: return a fraction (a float), got {type(got).__name__}")
+        if got is not None and math.isclose(got, ref):
+            continue
+        i_max = _first(normed_acc, max(plain_acc))
+        i_strict = _first(normed_acc, plain_acc[-1], strict=True)
+        i_ref = steps.index(reached)
+        if got is None:
+            hint = f"returned None, but the BN run reaches {plain_acc[-1]} at step {reached}"
+        elif math.isclose(got, reached):
+            hint = "you returned the number of steps; divide by the plain run's last step"
+        elif math.isclose(got, i_ref / (len(steps) - 1)) or math.isclose(got, i_ref / len(steps)):
+            hint = ("you divided evaluation indices; use the steps themselves (eval_step), which "
+                    "need not be 1 apart")
+        elif i_max is not None and math.isclose(got, steps[i_max] / steps[-1]):
+            hint = ("the target is the plain run's final accuracy, plain.test_acc[-1], not its best "
+                    "one")
+        elif i_strict is not None and math.isclose(got, steps[i_strict] / steps[-1]):
+            hint = "reaching the target exactly counts: compare with >="
+        elif math.isclose(got, 1 - ref):
+            hint = "that is the fraction of steps saved; return the fraction needed"
+        else:
+            hint = f"expected {ref:.3g}, got {got!r}"
+        raise CheckFailed(f"{name}: {hint} (plain accuracies {plain_acc})")
+    passed(name, "3 pairs of runs, including one that never gets there")
+
+
+def _logistic_loss(seed: int, n: int = 40, d: int = 6):
+    """A smooth, non-quadratic loss of a parameter vector: logistic regression on random data."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64) * 2
+    y = (torch.rand(n, generator=gen, dtype=torch.float64) < 0.5).double()
+    theta = torch.randn(d, generator=gen, dtype=torch.float64)
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(x @ t, y) + 0.1 * (t**4).sum()
+
+    return loss, theta
+
+
+def _grad(loss, theta: torch.Tensor) -> torch.Tensor:
+    t = theta.detach().clone().requires_grad_()
+    return torch.autograd.grad(loss(t), t)[0]
+
+
+def gradient_change(fn) -> None:
+    """Check ``fn(loss, theta, eta)``: ``||grad L(theta - eta g) - g||`` with ``g = grad L(theta)``."""
+    name = "gradient_change"
+    for seed, eta in ((0, 0.1), (1, 0.5), (2, 0.02)):
+        loss, theta = _logistic_loss(seed)
+        g = _grad(loss, theta)
+        g2 = _grad(loss, theta - eta * g)
+        ref = (g2 - g).norm().item()
+        theta_in = theta.clone()
+        got = call(fn, loss, theta_in, eta, name=name)
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if got is None:
+            raise CheckFailed(f"{name}: the function returned None; did you forget `return`?")
+        if isinstance(got, bool) or not isinstance(got, Real):
+            raise CheckFailed(f"{name}: return one number (a float), got {type(got).__name__}")
+        if not torch.equal(theta_in, theta):
+            raise CheckFailed(f"{name}: the function changed theta in place; leave it as it was")
+        if math.isclose(got, ref, rel_tol=1e-6):
+            continue
+        g_up = _grad(loss, theta + eta * g)
+        mistakes = [
+            ((g_up - g).norm().item(), "you stepped along +g; a gradient step goes downhill, to "
+                                       "theta - eta * g"),
+            (ref / g.norm().item(), "that is the change relative to ||g||; return the change itself"),
+            (ref / (eta * g.norm().item()), "that is the change per unit distance (an effective "
+                                            "beta-smoothness); return the change itself"),
+            (g2.norm().item(), "that is the norm of the new gradient; return the norm of its "
+                               "difference from the old one"),
+            (ref**2, "that is the squared norm; take the square root"),
+            (abs(loss(theta - eta * g).item() - loss(theta).item()),
+             "that is the change of the loss; the task asks for the change of the gradient"),
+        ]
+        for wrong, hint in mistakes:
+            if math.isclose(got, wrong, rel_tol=1e-6):
+                raise CheckFailed(f"{name}: {hint} (eta = {eta})")
+        raise CheckFailed(f"{name}: expected {ref:.6g}, got {got:.6g} (eta = {eta})")
+    passed(name, "3 smooth losses, step sizes 0.02 to 0.5")

@@ -1,0 +1,377 @@
+"""Chapter 5's experiments (what batch normalization buys, measured), as reusable pieces.
+
+* :func:`scaled_digits`: the digits with pixels standardized by statistics of the training split.
+* :func:`bn_linear`, :func:`bn_linear_grad`: ``BN(x V^T)`` and its gradient in ``V`` (weight-scale
+  invariance).
+* :func:`batch_noise`, :func:`predicted_batch_noise`: how much an example's normalized value moves
+  with the other examples of its batch.
+* :func:`lr_sweep`, :func:`scale_sweep` -> :class:`Sweep`: final accuracy over learning rates or
+  initial weight scales, several seeds each.
+* :func:`preactivations`, :func:`layer_grad_norms`: probes of a network on one batch.
+* :class:`PreactivationTracker`: percentiles of units' inputs to a nonlinearity over training.
+* :class:`NoisyBatchNorm1d`: batch norm followed by noise that moves every step (Santurkar et al.).
+* :func:`gradient_step_probe`, :class:`LandscapeTracker`: loss and gradient along the gradient
+  direction (loss smoothness and gradient predictiveness, Santurkar et al.).
+
+Probes never change the model they look at: parameters, ``.grad`` and running statistics are left
+as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from . import nn as bnn
+from .data import Split, digits
+from .functional import batch_norm
+from .models import ACTIVATIONS, mlp, scale_weights
+from .train import train
+
+__all__ = [
+    "LandscapeTracker", "NoisyBatchNorm1d", "PreactivationTracker", "Sweep", "batch_noise",
+    "bn_linear", "bn_linear_grad", "gradient_step_probe", "layer_grad_norms", "lr_sweep", "noisy_mlp",
+    "predicted_batch_noise", "preactivations", "scale_sweep", "scaled_digits",
+]
+
+
+def scaled_digits(test_fraction: float = 0.25, seed: int = 0, device=None) -> Split:
+    """:func:`bncourse.data.digits` with pixels standardized by the training split's mean and std.
+
+    One mean and one std for all pixels (per-pixel statistics would blow up the rare edge pixels
+    that are almost always 0 in the training split).
+    """
+    split = digits(test_fraction, seed, device)
+    mean, std = split.x_train.mean(), split.x_train.std()
+    return Split((split.x_train - mean) / std, split.y_train, (split.x_test - mean) / std,
+                 split.y_test)
+
+
+# ------------------------------------------------------------------------- weight-scale invariance
+def bn_linear(x: torch.Tensor, v: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``BN(x V^T)``: a linear layer without bias, batch-normalized (batch statistics, no affine)."""
+    if x.dim() != 2 or v.dim() != 2 or x.shape[1] != v.shape[1]:
+        raise ValueError(f"expected x of shape (N, in) and V of shape (out, in), got "
+                         f"{tuple(x.shape)} and {tuple(v.shape)}")
+    return batch_norm(x @ v.T, None, None, training=True, eps=eps)
+
+
+def bn_linear_grad(x: torch.Tensor, v: torch.Tensor, dout: torch.Tensor,
+                   eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, grad)``: ``out = BN(x V^T)`` and the gradient of ``sum(dout * out)`` in ``V``."""
+    v = v.detach().clone().requires_grad_()
+    out = bn_linear(x, v, eps)
+    (grad,) = torch.autograd.grad((out * dout).sum(), v)
+    return out.detach(), grad
+
+
+# --------------------------------------------------------------------------- batch-stat noise
+def batch_noise(h: torch.Tensor, index: int, batch_sizes: Sequence[int], draws: int = 1000,
+                generator: torch.Generator | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """Std, over ``draws`` random batches, of example ``index``'s batch-normalized value.
+
+    ``h`` holds one value per example and unit, shape ``(N, units)``. Each batch is the example
+    plus ``B - 1`` others drawn without replacement. Returns shape ``(len(batch_sizes), units)``.
+    """
+    if h.dim() != 2 or not 0 <= index < len(h):
+        raise ValueError(f"expected h of shape (N, units) and 0 <= index < N, got shape "
+                         f"{tuple(h.shape)} and index {index}")
+    if any(not 2 <= b <= len(h) for b in batch_sizes):
+        raise ValueError(f"batch sizes must lie in [2, {len(h)}], got {list(batch_sizes)}")
+    others = torch.cat([torch.arange(index), torch.arange(index + 1, len(h))])
+    result = []
+    for b in batch_sizes:
+        picks = torch.stack([others[torch.randperm(len(others), generator=generator)[: b - 1]]
+                             for _ in range(draws)])
+        batch = torch.cat([torch.full((draws, 1), index), picks], dim=1).to(h.device)
+        hb = h[batch]  # (draws, B, units)
+        mean, var = hb.mean(1), hb.var(1, unbiased=False)
+        result.append(((hb[:, 0] - mean) / torch.sqrt(var + eps)).std(0))
+    return torch.stack(result).cpu()
+
+
+def predicted_batch_noise(h: torch.Tensor, index: int, batch_sizes: Sequence[int]) -> torch.Tensor:
+    """First-order (delta-method) prediction of :func:`batch_noise`, shape ``(len(B), units)``.
+
+    With ``z`` the example's standardized value, ``g`` the skewness and ``k`` the kurtosis of each
+    unit, and ``N`` examples to draw batches of ``B`` from (without replacement):
+    ``std = sqrt((1 + g z + (k - 1) z^2 / 4) / B * (N - B) / (N - 1))``; for Gaussian units and
+    ``N >> B`` that is ``sqrt((1 + z^2/2) / B)``.
+    """
+    n = len(h)
+    c = (h - h.mean(0)) / h.std(0, unbiased=False)
+    z, skew, kurt = c[index], (c**3).mean(0), (c**4).mean(0)
+    per_example = (1 + skew * z + (kurt - 1) * z**2 / 4).clamp_min(0)
+    b = torch.tensor([float(v) for v in batch_sizes], dtype=h.dtype, device=h.device)[:, None]
+    return torch.sqrt(per_example / b * (n - b) / (n - 1)).cpu()
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------------------- sweeps
+@dataclass
+class Sweep:
+    """Final results of one training run per (value, seed): ``test_acc[i, j]`` is value i, seed j."""
+
+    values: list[float]
+    seeds: list[int]
+    test_acc: torch.Tensor
+    train_loss: torch.Tensor
+    diverged: torch.Tensor
+
+    def trains(self, accuracy: float) -> torch.Tensor:
+        """Per value: did every seed reach test ``accuracy`` without diverging?"""
+        return ((self.test_acc >= accuracy) & ~self.diverged).all(dim=1)
+
+    def largest_trainable(self, accuracy: float) -> float | None:
+        """The largest value at which every seed reaches test ``accuracy`` (None if none does)."""
+        ok = [v for v, t in zip(self.values, self.trains(accuracy).tolist(), strict=True) if t]
+        return max(ok) if ok else None
+
+
+def _sweep(values, build: Callable[[float], nn.Module], lr: Callable[[float], float],
+           data: Split, steps: int, seeds: Sequence[int], batch_size: int) -> Sweep:
+    values, seeds = [float(v) for v in values], list(seeds)
+    if not values or not seeds:
+        raise ValueError(f"expected at least one value and one seed, got {values} and {seeds}")
+    shape = (len(values), len(seeds))
+    acc, loss = torch.zeros(shape), torch.zeros(shape)
+    diverged = torch.zeros(shape, dtype=torch.bool)
+    for i, v in enumerate(values):
+        for j, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            model = build(v).to(data.x_train.device)
+            h = train(model, data, steps, lr(v), batch_size=batch_size, eval_every=steps,
+                      seed=seed, progress=False)
+            acc[i, j], loss[i, j], diverged[i, j] = h.test_acc[-1], h.train_loss[-1], h.diverged
+    return Sweep(values, seeds, acc, loss, diverged)
+
+
+def lr_sweep(make_model: Callable[[], nn.Module], data: Split, lrs: Sequence[float], steps: int,
+             seeds: Sequence[int] = (0, 1, 2), batch_size: int = 60) -> Sweep:
+    """Train ``make_model()`` with plain SGD at each learning rate, once per seed."""
+    return _sweep(lrs, lambda _: make_model(), lambda v: v, data, steps, seeds, batch_size)
+
+
+def scale_sweep(make_model: Callable[[], nn.Module], data: Split, scales: Sequence[float],
+                lr: float, steps: int, seeds: Sequence[int] = (0, 1, 2),
+                batch_size: int = 60) -> Sweep:
+    """Train ``make_model()`` with every Linear weight multiplied by each scale, once per seed."""
+    return _sweep(scales, lambda k: scale_weights(make_model(), k), lambda _: lr, data, steps,
+                  seeds, batch_size)
+
+
+# --------------------------------------------------------------------------------------- probes
+def _activations(model: nn.Module) -> list[nn.Module]:
+    kinds = tuple(type(f()) for f in ACTIVATIONS.values())
+    return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+def preactivations(model: nn.Module, x: torch.Tensor, training: bool = True) -> list[torch.Tensor]:
+    """The input of every nonlinearity (sigmoid, ReLU, tanh, identity) of ``model`` on ``x``.
+
+    ``training=True`` uses batch statistics as in a training step, without touching the running
+    statistics (the forward runs on a copy).
+    """
+    _check_model(model)
+    acts = _activations(model)
+    if not acts:
+        raise ValueError("expected a model with at least one activation module, found none")
+    probe = copy.deepcopy(model).train(training)
+    seen: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach()))
+             for m in _activations(probe)]
+    with torch.no_grad():
+        probe(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The l2 norm of the cross-entropy gradient for each Linear weight, input layer first.
+
+    One training-mode forward and backward on ``(x, y)``; ``model`` is left unchanged.
+    """
+    _check_model(model)
+    probe = copy.deepcopy(model).train()
+    weights = [m.weight for m in probe.modules() if isinstance(m, nn.Linear)]
+    if not weights:
+        raise ValueError("expected a model with at least one nn.Linear layer, found none")
+    grads = torch.autograd.grad(nn.functional.cross_entropy(probe(x), y), weights)
+    return torch.stack([g.norm() for g in grads]).detach().cpu()
+
+
+class PreactivationTracker:
+    """Percentiles of some units' inputs to one nonlinearity on a fixed probe set, over training.
+
+    Pass it to :func:`bncourse.train.train` as ``on_step``. It records at step 0 (on creation) and
+    every ``every`` steps; ``values[r, u, q]`` is record r, unit u, percentile q. The inputs are
+    taken as in a training step (batch statistics of the probe set), see :func:`preactivations`.
+    """
+
+    def __init__(self, model: nn.Module, x_probe: torch.Tensor, layer: int = -1,
+                 units: Sequence[int] | int = 0, percentiles: Sequence[float] = (15, 50, 85),
+                 every: int = 10):
+        if every < 1:
+            raise ValueError(f"every must be a positive int, got {every}")
+        if any(not 0 <= p <= 100 for p in percentiles):
+            raise ValueError(f"percentiles must lie in [0, 100], got {list(percentiles)}")
+        self.x_probe, self.layer, self.every = x_probe, layer, every
+        self.units = [units] if isinstance(units, int) else list(units)
+        self.percentiles = list(percentiles)
+        self.steps: list[int] = []
+        self._records: list[torch.Tensor] = []
+        self(0, model)
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step % self.every:
+            return
+        z = preactivations(model, self.x_probe)[self.layer][:, self.units].cpu()
+        q = torch.tensor(self.percentiles, dtype=z.dtype) / 100
+        self._records.append(torch.quantile(z, q, dim=0).T)
+        self.steps.append(step)
+
+    @property
+    def values(self) -> torch.Tensor:
+        return torch.stack(self._records)
+
+
+# ------------------------------------------------------------------------------------ noisy BN
+class NoisyBatchNorm1d(bnn.BatchNorm1d):
+    """Batch norm, then noise whose distribution changes at every training step.
+
+    In training, each call draws per unit a shift ``m ~ U(-shift, shift)`` and a scale
+    ``s ~ U(1, max_scale)`` and returns ``s * BN(x) + m``: the next layer's input has a mean and a
+    spread that jump at random every step, however well the batch was normalized. In eval mode it
+    returns ``E[s] * BN(x)`` (the noise's average, as dropout rescales). After the "noisy
+    BatchNorm" of Santurkar et al. (2018), whose exact noise (their Appendix) differs in details.
+    """
+
+    def __init__(self, num_features: int, shift: float = 1.0, max_scale: float = 2.0, **kw):
+        if shift < 0 or max_scale < 1:
+            raise ValueError(f"expected shift >= 0 and max_scale >= 1, got {shift} and {max_scale}")
+        super().__init__(num_features, **kw)
+        self.shift, self.max_scale = float(shift), float(max_scale)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = super().forward(input)
+        if not self.training:
+            return out * (1 + self.max_scale) / 2
+        c = self.num_features
+        m = (torch.rand(c, device=out.device, dtype=out.dtype) * 2 - 1) * self.shift
+        s = 1 + torch.rand(c, device=out.device, dtype=out.dtype) * (self.max_scale - 1)
+        return out * s + m
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, shift={self.shift}, max_scale={self.max_scale}"
+
+
+def noisy_mlp(sizes: Sequence[int], activation: str = "sigmoid", shift: float = 1.0,
+              max_scale: float = 2.0) -> nn.Sequential:
+    """:func:`bncourse.models.mlp` with ``norm="bn"``, every BN layer made a NoisyBatchNorm1d."""
+    model = mlp(sizes, activation, norm="bn")
+    for i, m in enumerate(model):
+        if isinstance(m, bnn.BatchNorm1d):
+            model[i] = NoisyBatchNorm1d(m.num_features, shift, max_scale)
+    return model
+
+
+# ----------------------------------------------------------------------------------- landscape
+def gradient_step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        step_sizes: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Loss and gradient at ``theta - eta * g`` for each step size ``eta`` (g: the gradient at theta).
+
+    Returns ``(loss, grad_change, grad_norm)``: ``loss[i] = L(theta - eta_i g)``,
+    ``grad_change[i] = ||grad L(theta - eta_i g) - g||`` (the "gradient predictiveness" of
+    Santurkar et al.: small means the gradient stays a good guide along the step), and ``||g||``.
+    Training-mode forward (batch statistics) on the batch ``(x, y)``; ``model`` is left unchanged.
+    """
+    _check_model(model)
+    if len(step_sizes) == 0 or any(eta <= 0 for eta in step_sizes):
+        raise ValueError(f"expected positive step sizes, got {list(step_sizes)}")
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    was_training = model.training
+    model.train()
+
+    def loss_and_grad(params: dict[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+        params = {n: p.clone().requires_grad_() for n, p in params.items()}
+        buffers = {n: b.clone() for n, b in model.named_buffers()}  # running stats stay as they are
+        loss = nn.functional.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
+        return loss.item(), list(torch.autograd.grad(loss, [params[n] for n in names]))
+
+    try:
+        _, g = loss_and_grad(theta)
+        losses, changes = [], []
+        for eta in step_sizes:
+            moved = {n: theta[n] - eta * gi for n, gi in zip(names, g, strict=True)}
+            loss, g2 = loss_and_grad(moved)
+            losses.append(loss)
+            changes.append(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(g2, g, strict=True))))
+    finally:
+        model.train(was_training)
+    grad_norm = torch.sqrt(sum((gi**2).sum() for gi in g)).item()
+    return torch.tensor(losses), torch.stack(changes).cpu(), grad_norm
+
+
+@dataclass
+class LandscapeTracker:
+    """Runs :func:`gradient_step_probe` every ``every`` steps on a fresh training batch.
+
+    Pass it to :func:`bncourse.train.train` as ``on_step``. ``loss[r, i]`` and ``grad_change[r, i]``
+    are record r, step size i; ``beta`` is the "effective beta-smoothness" of each record, the
+    largest ``||grad change|| / ||parameter change||`` over the step sizes.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    step_sizes: Sequence[float]
+    every: int = 10
+    batch_size: int = 60
+    seed: int = 0
+    steps: list[int] = field(default_factory=list)
+    _loss: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _change: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _norm: list[float] = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        if self.every < 1 or not 1 < self.batch_size <= len(self.x):
+            raise ValueError(f"expected every >= 1 and 1 < batch_size <= {len(self.x)}, got "
+                             f"every={self.every}, batch_size={self.batch_size}")
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step % self.every:
+            return
+        idx = torch.randperm(len(self.x), generator=self._gen)[: self.batch_size].to(self.x.device)
+        loss, change, norm = gradient_step_probe(model, self.x[idx], self.y[idx], self.step_sizes)
+        self.steps.append(step)
+        self._loss.append(loss)
+        self._change.append(change)
+        self._norm.append(norm)
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return torch.stack(self._loss)
+
+    @property
+    def grad_change(self) -> torch.Tensor:
+        return torch.stack(self._change)
+
+    @property
+    def grad_norm(self) -> torch.Tensor:
+        return torch.tensor(self._norm)
+
+    @property
+    def beta(self) -> torch.Tensor:
+        distance = torch.tensor(list(self.step_sizes))[None, :] * self.grad_norm[:, None]
+        return (self.grad_change / distance).amax(dim=1)
