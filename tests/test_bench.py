@@ -17,5 +17,5 @@ def test_peak_memory_of_torch_and_ours_on_the_cpu():
     shape = (4096, 64)  # 1 MiB: large enough to be measured
     torch_peak = bench.peak_memory("torch", shape, torch.device("cpu"))
     ours_peak = bench.peak_memory("ours", shape, torch.device("cpu"))
-    # the output and the input gradient at least; ours keeps one more input-sized tensor
-    assert 1.5 < torch_peak < 3.5 and torch_peak < ours_peak <= torch_peak + 1.25
+    # the output and the input gradient; the goal for ours: at most one input-sized tensor more
+    assert 1.5 < torch_peak < 3.5 and ours_peak <= torch_peak + 1.0

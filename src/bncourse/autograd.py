@@ -16,8 +16,8 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         out, cache = batch_norm_forward(x, weight, bias, eps)
-        # The fused backward needs x - mean, inv_std and gamma only; x itself is not kept alive.
-        ctx.save_for_backward(cache.x_mu, cache.inv_std, weight)
+        # x is kept as PyTorch keeps it (no extra memory); x - mean is recomputed in the backward.
+        ctx.save_for_backward(x, cache.mean, cache.inv_std, weight)
         ctx.eps = eps
         ctx.mark_non_differentiable(cache.mean, cache.var)
         return out, cache.mean, cache.var
@@ -25,8 +25,8 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, _dmean, _dvar):
-        x_mu, inv_std, weight = ctx.saved_tensors
-        cache = BatchNormCache(x_mu, None, None, inv_std, weight, ctx.eps)
+        x, mean, inv_std, weight = ctx.saved_tensors
+        cache = BatchNormCache(x, mean, None, inv_std, weight, ctx.eps)
         dx, dgamma, dbeta = batch_norm_backward_fused(dout.contiguous(), cache)
         need_x, need_weight, need_bias, _ = ctx.needs_input_grad
         return dx if need_x else None, dgamma if need_weight else None, dbeta if need_bias else None, None

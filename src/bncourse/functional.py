@@ -3,15 +3,18 @@
 Conventions are PyTorch's: statistics are taken per channel (dim 1) over every other dim, the
 input is normalized with the *biased* batch variance, and ``running_var`` stores the *unbiased* one.
 
-Two choices in these kernels come from measurement (``python -m bncourse.bench``), not taste:
+Three choices in these kernels come from measurement (``python -m bncourse.bench``), not taste:
 
-* The variance is computed in two passes, ``mean((x - mean)**2)``. The one-pass form
-  ``E[x**2] - E[x]**2`` loses every digit in float32 when the data has a large offset.
+* The variance is computed in two passes, ``mean((x - mean)**2)``, corrected for the rounding of
+  the mean (Chan, Golub and LeVeque, 1983). The one-pass form ``E[x**2] - E[x]**2`` loses every
+  digit in float32 when the data has a large offset.
 * Reductions are plain ``Tensor.sum`` calls (:func:`channel_sum`). On the CPU these are vectorised
   across the channel dim and run at memory speed; ``torch.var_mean`` over dim 0 is about 50x slower
   there, ``torch.linalg.vector_norm`` about 5x, and a product with a ones vector about 5x.
-* The forward keeps the centered input ``x - mean`` and ``1/std`` rather than the normalized
-  input, so the output and the backward are single fused ``addcmul`` kernels over it.
+* Each pass allocates one input-sized tensor, as PyTorch's does (the forward its output, the
+  backward ``dx``), and computes it in place: a fresh large tensor costs page faults comparable to
+  the arithmetic. So the forward keeps only ``x`` and per-channel statistics, and products that are
+  only summed are formed a slice at a time (:func:`channel_sums`).
 """
 
 from __future__ import annotations
@@ -33,32 +36,37 @@ __all__ = [
 class BatchNormCache:
     """What the forward pass keeps for the backward pass.
 
-    ``x_mu`` is the centered input ``x - mean``; ``mean``/``var`` are the biased batch statistics
-    and ``inv_std = 1/sqrt(var + eps)``, each of shape ``(C,)``; ``x`` is the input itself (kept
-    for reference; ``None`` inside the autograd Function, which does not need it).
+    ``x`` is the input; ``mean``/``var`` are the biased batch statistics and
+    ``inv_std = 1/sqrt(var + eps)``, each of shape ``(C,)``. The centred and normalized inputs are
+    recomputed when needed rather than kept: that is what lets training use no more memory than
+    PyTorch's own batch norm.
     """
 
-    x_mu: torch.Tensor
-    mean: torch.Tensor | None
+    x: torch.Tensor
+    mean: torch.Tensor
     var: torch.Tensor | None
     inv_std: torch.Tensor
     gamma: torch.Tensor | None
     eps: float
-    x: torch.Tensor | None = None
+
+    @property
+    def x_mu(self) -> torch.Tensor:
+        """The centred input ``x - mean`` (a new tensor on each access)."""
+        return self.x - channel_view(self.mean, self.x)
 
     @property
     def x_hat(self) -> torch.Tensor:
-        """The normalized input ``(x - mean) / sqrt(var + eps)`` (computed on each access)."""
-        return self.x_mu * channel_view(self.inv_std, self.x_mu)
+        """The normalized input ``(x - mean) / sqrt(var + eps)`` (a new tensor on each access)."""
+        return self.x_mu.mul_(channel_view(self.inv_std, self.x))
 
     @property
     def dims(self) -> tuple[int, ...]:
-        return reduce_dims(self.x_mu)
+        return reduce_dims(self.x)
 
     @property
     def count(self) -> int:
         """Number of values per channel, m in the paper."""
-        return self.x_mu.numel() // self.x_mu.shape[1]
+        return self.x.numel() // self.x.shape[1]
 
 
 def reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -75,6 +83,24 @@ def channel_sum(t: torch.Tensor) -> torch.Tensor:
     if t.dim() > 2:
         t = t.sum(tuple(range(2, t.dim())))
     return t.sum(0)
+
+
+CHUNK_ELEMENTS = 1 << 20  # slice size of channel_sums: 4 MiB of float32
+
+
+def channel_sums(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(sum(a), sum(a * b))`` over every dim but 1, each of shape ``(C,)``.
+
+    Both sums are taken a slice of the batch at a time (about 4 MiB each), in one pass over memory,
+    and the product is never formed at full size: a full-size temporary means a fresh allocation
+    whose page faults cost as much as the arithmetic.
+    """
+    rows = max(1, CHUNK_ELEMENTS // max(1, a[0].numel()))
+    total_a = total_ab = 0
+    for a_rows, b_rows in zip(a.split(rows), b.split(rows), strict=True):
+        total_a = total_a + channel_sum(a_rows)
+        total_ab = total_ab + channel_sum(a_rows * b_rows)
+    return total_a, total_ab
 
 
 def channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -111,29 +137,34 @@ def check_channel_vector(v: torch.Tensor | None, name: str, x: torch.Tensor) -> 
         )
 
 
+@torch.no_grad()
 def batch_norm_forward(
     x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float = 1e-5
 ) -> tuple[torch.Tensor, BatchNormCache]:
     """Training-mode forward: normalize with the batch statistics, then scale and shift.
 
     ``x`` has shape ``(N, C)`` or ``(N, C, *)``; ``gamma`` and ``beta`` have shape ``(C,)`` (``None``
-    means 1 and 0). Returns ``(out, cache)``.
+    means 1 and 0). Returns ``(out, cache)``. Like the backward kernels it computes values only (no
+    autograd graph): :func:`batch_norm` is the differentiable version.
     """
     check_input(x, training=True)
     check_channel_vector(gamma, "gamma", x)
     check_channel_vector(beta, "beta", x)
     m = x.numel() // x.shape[1]
     mean = channel_sum(x) / m
-    x_mu = x - channel_view(mean, x)
-    var = channel_sum(x_mu.square()) / m  # two passes: accurate when |mean| >> std
+    out = x - channel_view(mean, x)  # x - mean, turned into the output in place below
+    # Two passes, with Chan, Golub and LeVeque's correction for the rounding of the mean:
+    # accurate when |mean| >> std, where E[x^2] - E[x]^2 loses every digit.
+    centred_sum, squares = channel_sums(out, out)
+    var = (squares - centred_sum * centred_sum / m) / m
     inv_std = torch.rsqrt(var + eps)
-    # out = gamma * (x_mu * inv_std) + beta, as one kernel over x_mu
+    # out = gamma * (x - mean) * inv_std + beta, as one kernel
     scale = inv_std if gamma is None else gamma * inv_std
     if beta is None:
-        out = x_mu * channel_view(scale, x)
+        out.mul_(channel_view(scale, x))
     else:
-        out = torch.addcmul(channel_view(beta, x), x_mu, channel_view(scale, x))
-    return out, BatchNormCache(x_mu, mean, var, inv_std, gamma, eps, x)
+        torch.addcmul(channel_view(beta, x), out, channel_view(scale, x), out=out)
+    return out, BatchNormCache(x, mean, var, inv_std, gamma, eps)
 
 
 def affine(x_hat: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None):
@@ -147,6 +178,7 @@ def affine(x_hat: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor |
     return x_hat.clone()
 
 
+@torch.no_grad()
 def batch_norm_backward(dout: torch.Tensor, cache: BatchNormCache):
     """Backward pass, staged: back through each node of the forward graph in turn.
 
@@ -175,19 +207,21 @@ def batch_norm_backward(dout: torch.Tensor, cache: BatchNormCache):
     return dx, dgamma, dbeta
 
 
+@torch.no_grad()
 def batch_norm_backward_fused(dout: torch.Tensor, cache: BatchNormCache):
     """Backward pass in closed form (the staged graph, simplified by hand).
 
     ``dx = gamma * inv_std / m * (m * dout - sum(dout) - x_hat * sum(dout * x_hat))``,
     with sums per channel. Returns ``(dx, dgamma, dbeta)``.
     """
-    x_mu, inv_std, m = cache.x_mu, cache.inv_std, cache.count
-    view = lambda v: channel_view(v, x_mu)  # noqa: E731
-    dbeta = channel_sum(dout)
-    dgamma = channel_sum(dout * x_mu) * inv_std  # sum(dout * x_hat)
+    inv_std, m = cache.inv_std, cache.count
+    view = lambda v: channel_view(v, dout)  # noqa: E731
+    dx = cache.x_mu  # x - mean, turned into dx in place below
+    dbeta, dot = channel_sums(dout, dx)
+    dgamma = dot * inv_std  # sum(dout * x_hat)
     scale = inv_std if cache.gamma is None else cache.gamma * inv_std
-    # dx = scale * dout - scale * dbeta / m - x_mu * (scale * inv_std * dgamma / m): two kernels
-    dx = torch.addcmul(view(-scale * dbeta / m), x_mu, view(-scale * inv_std * dgamma / m))
+    # dx = scale * dout - scale * dbeta / m - (x - mean) * (scale * inv_std * dgamma / m): two kernels
+    torch.addcmul(view(-scale * dbeta / m), dx, view(-scale * inv_std * dgamma / m), out=dx)
     dx.addcmul_(dout, view(scale))
     return dx, dgamma, dbeta
 
