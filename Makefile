@@ -1,6 +1,7 @@
 # The course's commands. Each one first creates (or refreshes) .venv from requirements.txt.
 #   make book          build the HTML book into _build/html, executing every notebook
-#   make test          lint, unit tests, every notebook under nbval, book build with warnings as errors
+#   make test          lint, unit tests, every notebook under nbval, book builds (also the student
+#                      edition's) with warnings as errors
 #   make lab           open the notebooks in JupyterLab
 #   make bench         benchmark our batch norm against PyTorch's
 #   make student-edition   the chapter notebooks without solutions or outputs, in student/
@@ -30,7 +31,7 @@ book-student: $(STAMP)
 student-edition: $(STAMP)
 	$(BIN)/bncourse student-edition student
 
-test: lint unit book-check
+test: lint unit book-check book-student
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

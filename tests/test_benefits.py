@@ -127,24 +127,6 @@ def test_layer_grad_norms_match_autograd_and_touch_nothing():
     torch.testing.assert_close(norms, torch.stack(expected))
 
 
-def test_preactivation_tracker_records_percentiles_every_k_steps():
-    torch.manual_seed(0)
-    model = models.mlp([8, 6, 3], "sigmoid")
-    x = torch.randn(40, 8)
-    tracker = benefits.PreactivationTracker(model, x, layer=-1, units=[0, 2], every=5)
-    for step in range(1, 11):
-        tracker(step, model)
-    assert tracker.steps == [0, 5, 10]
-    assert tracker.values.shape == (3, 2, 3)
-    expected = torch.quantile(model[0](x)[:, [0, 2]].detach(), torch.tensor([0.15, 0.5, 0.85]),
-                              dim=0).T
-    torch.testing.assert_close(tracker.values[0], expected)
-    with pytest.raises(ValueError, match="every"):
-        benefits.PreactivationTracker(model, x, every=0)
-    with pytest.raises(ValueError, match="percentiles"):
-        benefits.PreactivationTracker(model, x, percentiles=(50, 120))
-
-
 def test_noisy_batch_norm_moves_mean_and_spread_every_step():
     torch.manual_seed(0)
     layer = benefits.NoisyBatchNorm1d(4, shift=2.0, max_scale=3.0)

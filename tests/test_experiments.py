@@ -1,5 +1,7 @@
 """The percentile tracker: what a layer receives, recorded over training."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -30,12 +32,32 @@ def test_as_on_step_callback_it_records_every_k_steps_and_follows_training():
     assert model.training  # the probe leaves the train/eval mode as it was
 
 
-def test_probe_uses_eval_mode_and_leaves_batch_norm_statistics_alone():
+def test_probe_uses_eval_mode_and_leaves_batch_norm_statistics_and_modes_alone():
     torch.manual_seed(0)
     model = models.mlp([3, 5, 2], activation="sigmoid", norm="bn")
+    model[1].eval()  # a frozen BN layer inside a model in training mode stays frozen
     before = model[1].running_mean.clone()
     experiments.track_percentiles(model, model[2], torch.randn(30, 3) + 5)
     assert torch.equal(model[1].running_mean, before)
+    assert model.training and not model[1].training
+
+
+def test_batch_stats_sees_the_probe_set_as_a_training_step_does_and_eval_mode_does_not():
+    split = data.digits()
+    torch.manual_seed(0)
+    model = models.mlp([64, 16, 10], activation="sigmoid", norm="bn")
+    train.train(model, split, steps=5, lr=0.1, progress=False)  # running stats still far off
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = torch.tensor([0.15, 0.5, 0.85])
+    trackers = {}
+    for batch_stats in (False, True):
+        trackers[batch_stats] = experiments.track_percentiles(model, model[2], split.x_test,
+                                                              batch_stats=batch_stats)
+        z = copy.deepcopy(model).train(batch_stats)[:2](split.x_test).detach()
+        torch.testing.assert_close(trackers[batch_stats].values[0], torch.quantile(z, q, dim=0))
+    assert (trackers[True].values - trackers[False].values).abs().max() > 1
+    assert all(torch.equal(b, model.state_dict()[k]) for k, b in before.items())
+    assert model.training
 
 
 def test_conv_inputs_get_percentiles_per_channel():
@@ -52,5 +74,7 @@ def test_bad_input_raises_clear_errors():
         experiments.track_percentiles(model, model[1], torch.randn(5, 4), every=0)
     with pytest.raises(ValueError, match="percentiles in \\[0, 100\\]"):
         experiments.track_percentiles(model, model[1], torch.randn(5, 4), q=(0.5, 150))
+    with pytest.raises(TypeError, match="batch_stats"):
+        experiments.track_percentiles(model, model[1], torch.randn(5, 4), batch_stats="yes")
     with pytest.raises(RuntimeError, match="nothing recorded"):
         _ = experiments.PercentileTracker(model, model[1], torch.randn(5, 4)).values

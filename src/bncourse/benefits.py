@@ -8,7 +8,6 @@
 * :func:`lr_sweep`, :func:`scale_sweep` -> :class:`Sweep`: final accuracy over learning rates or
   initial weight scales, several seeds each.
 * :func:`preactivations`, :func:`layer_grad_norms`: probes of a network on one batch.
-* :class:`PreactivationTracker`: percentiles of units' inputs to a nonlinearity over training.
 * :class:`NoisyBatchNorm1d`: batch norm followed by noise that moves every step (Santurkar et al.).
 * :func:`gradient_step_probe`, :class:`LandscapeTracker`: loss and gradient along the gradient
   direction (loss smoothness and gradient predictiveness, Santurkar et al.).
@@ -34,9 +33,9 @@ from .models import ACTIVATIONS, mlp, scale_weights
 from .train import train
 
 __all__ = [
-    "LandscapeTracker", "NoisyBatchNorm1d", "PreactivationTracker", "Sweep", "batch_noise",
-    "bn_linear", "bn_linear_grad", "gradient_step_probe", "layer_grad_norms", "lr_sweep", "noisy_mlp",
-    "predicted_batch_noise", "preactivations", "scale_sweep", "scaled_digits",
+    "LandscapeTracker", "NoisyBatchNorm1d", "Sweep", "batch_noise", "bn_linear", "bn_linear_grad",
+    "gradient_step_probe", "layer_grad_norms", "lr_sweep", "noisy_mlp", "predicted_batch_noise",
+    "preactivations", "scale_sweep", "scaled_digits",
 ]
 
 
@@ -208,41 +207,6 @@ def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
         raise ValueError("expected a model with at least one nn.Linear layer, found none")
     grads = torch.autograd.grad(nn.functional.cross_entropy(probe(x), y), weights)
     return torch.stack([g.norm() for g in grads]).detach().cpu()
-
-
-class PreactivationTracker:
-    """Percentiles of some units' inputs to one nonlinearity on a fixed probe set, over training.
-
-    Pass it to :func:`bncourse.train.train` as ``on_step``. It records at step 0 (on creation) and
-    every ``every`` steps; ``values[r, u, q]`` is record r, unit u, percentile q. The inputs are
-    taken as in a training step (batch statistics of the probe set), see :func:`preactivations`.
-    """
-
-    def __init__(self, model: nn.Module, x_probe: torch.Tensor, layer: int = -1,
-                 units: Sequence[int] | int = 0, percentiles: Sequence[float] = (15, 50, 85),
-                 every: int = 10):
-        if every < 1:
-            raise ValueError(f"every must be a positive int, got {every}")
-        if any(not 0 <= p <= 100 for p in percentiles):
-            raise ValueError(f"percentiles must lie in [0, 100], got {list(percentiles)}")
-        self.x_probe, self.layer, self.every = x_probe, layer, every
-        self.units = [units] if isinstance(units, int) else list(units)
-        self.percentiles = list(percentiles)
-        self.steps: list[int] = []
-        self._records: list[torch.Tensor] = []
-        self(0, model)
-
-    def __call__(self, step: int, model: nn.Module) -> None:
-        if step % self.every:
-            return
-        z = preactivations(model, self.x_probe)[self.layer][:, self.units].cpu()
-        q = torch.tensor(self.percentiles, dtype=z.dtype) / 100
-        self._records.append(torch.quantile(z, q, dim=0).T)
-        self.steps.append(step)
-
-    @property
-    def values(self) -> torch.Tensor:
-        return torch.stack(self._records)
 
 
 # ------------------------------------------------------------------------------------ noisy BN
