@@ -1,5 +1,7 @@
 """The Chapter 3 exercise checks: right answers pass, each typical mistake is named."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -91,7 +93,8 @@ def not_attempted(*args):
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("check", ["bn_forward", "identity_params", "bias_shift", "bn_backward"])
+@pytest.mark.parametrize("check", ["bn_forward", "identity_params", "bias_shift", "bn_backward",
+                                   "numeric_gradient"])
 def test_not_attempted(check):
     with pytest.raises(CheckFailed, match="not attempted"):
         getattr(bn.check, check)(not_attempted)
@@ -224,6 +227,98 @@ def test_bn_backward_names_the_parameter_mistake(wrong, message):
 
 
 def test_checks_are_exported():
-    for name in ("bn_forward", "identity_params", "bias_shift", "bn_backward"):
+    for name in ("bn_forward", "identity_params", "bias_shift", "bn_backward", "numeric_gradient"):
         assert name in bn.check.flow.__all__
         assert callable(getattr(bn.check, name))
+
+
+# ---- numeric_gradient ----------------------------------------------------------------------
+
+def differences(f, x, dout, h=1e-5, how="central", restore=True, view_as_old=False):
+    """Finite differences of sum(f() * dout), f reading x, done right or one of the usual wrong ways."""
+    grad, flat = torch.zeros_like(x), x.view(-1)
+    loss = lambda: (f() * dout).sum()  # noqa: E731
+    base = loss()
+    for i in range(flat.numel()):
+        old = flat[i] if view_as_old else flat[i].item()
+        flat[i] = old + h
+        plus = loss()
+        flat[i] = old - h
+        minus = loss()
+        if restore:
+            flat[i] = old
+        grad.view(-1)[i] = {"central": (plus - minus) / (2 * h), "forward": (plus - base) / h,
+                            "backward": (base - minus) / h, "over h": (plus - minus) / h,
+                            "half": (plus - base) / (2 * h)}[how]
+    return grad
+
+
+def test_numeric_gradient_passes_the_reference(capsys):
+    bn.check.numeric_gradient(differences)
+    assert "✔ numeric_gradient: correct" in capsys.readouterr().out
+
+
+def test_numeric_gradient_passes_the_package_and_a_multi_index_loop(capsys):
+    bn.check.numeric_gradient(bn.testing.numeric_gradient)
+
+    def by_index(f, x, dout, h):
+        grad = torch.empty_like(x)
+        for idx in itertools.product(*map(range, x.shape)):
+            old = x[idx].item()
+            x[idx] = old + h
+            plus = float((f() * dout).sum())
+            x[idx] = old - h
+            minus = float((f() * dout).sum())
+            x[idx] = old
+            grad[idx] = (plus - minus) / (2 * h)
+        return grad
+
+    bn.check.numeric_gradient(by_index)
+    assert capsys.readouterr().out.count("correct") == 2
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(how="forward"), r"one-sided difference, \(f\(x \+ h\) - f\(x\)\) / h"),
+    (dict(how="backward"), r"one-sided difference, \(f\(x\) - f\(x - h\)\) / h"),
+    (dict(how="over h"), "divide by 2h"),
+    (dict(how="half"), "the second point must be x - h"),
+    (dict(restore=False), "x is left changed"),
+    (dict(view_as_old=True), "that is a view that changes with x"),
+])
+def test_numeric_gradient_names_the_mistake(kw, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.numeric_gradient(lambda f, x, dout, h: differences(f, x, dout, h, **kw))
+
+
+def all_at_once(f, x, dout, h):
+    x += h
+    plus = (f() * dout).sum()
+    x -= 2 * h
+    minus = (f() * dout).sum()
+    x += h
+    return torch.full_like(x, ((plus - minus) / (2 * h)).item())
+
+
+def on_a_copy(f, x, dout, h):
+    grad = torch.zeros_like(x)
+    for i in range(x.numel()):
+        for sign in (1, -1):
+            t = x.clone()
+            t.view(-1)[i] += sign * h  # f never sees t
+            grad.view(-1)[i] += sign * (f() * dout).sum() / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda f, x, dout, h: differences(f, x, dout), "ignores the argument h"),
+    (lambda f, x, dout, h: differences(f, x, torch.ones_like(dout), h), r"differentiates sum\(f\(\)\)"),
+    (all_at_once, "all of x moves at once"),
+    (on_a_copy, "the gradient is zero"),
+    (lambda f, x, dout, h: differences(f, x, dout, h).reshape(-1), "the gradient has the shape of x"),
+    (lambda f, x, dout, h: None, "returned None"),
+    (lambda f, x, dout, h: -differences(f, x, dout, h), "differs from the reference"),
+])
+def test_numeric_gradient_other_failures(fn, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.numeric_gradient(fn)
+

@@ -205,6 +205,87 @@ def test_eval_batch_norm_mistakes_are_named(fn, message):
         bn.check.eval_batch_norm(fn)
 
 
+# --- batch_mean_std -----------------------------------------------------------------------------
+
+
+def mean_std_right(x, m):
+    n = x.shape[0]
+    return x.std(0, unbiased=False) * ((n - m) / ((n - 1) * m)) ** 0.5
+
+
+def mean_std_unbiased_right(x, m):  # the unbiased std with the correction (N - m) / N: also right
+    return x.std(0) * ((1 - m / x.shape[0]) / m) ** 0.5
+
+
+def mean_std_reference(x, m):
+    return bn.inference.mean_noise_theory(m, x.shape[0]) * x.std(0, unbiased=False)
+
+
+def mean_std_variance(x, m):
+    return mean_std_right(x, m) ** 2
+
+
+def mean_std_over_m(x, m):
+    n = x.shape[0]
+    return x.std(0, unbiased=False) * ((n - m) / (n - 1)) ** 0.5 / m
+
+
+def mean_std_no_fpc(x, m):
+    return x.std(0, unbiased=False) / m**0.5
+
+
+def mean_std_no_fpc_unbiased(x, m):
+    return x.std(0) / m**0.5
+
+
+def mean_std_fpc_no_sqrt(x, m):
+    n = x.shape[0]
+    return x.std(0, unbiased=False) * (n - m) / (n - 1) / m**0.5
+
+
+def mean_std_biased_over_n(x, m):
+    return x.std(0, unbiased=False) * ((1 - m / x.shape[0]) / m) ** 0.5
+
+
+def mean_std_unbiased_over_n_minus_1(x, m):
+    n = x.shape[0]
+    return x.std(0) * ((n - m) / ((n - 1) * m)) ** 0.5
+
+
+def mean_std_wrong_axis(x, m):
+    n = x.shape[0]
+    return x.std(1, unbiased=False) * ((n - m) / ((n - 1) * m)) ** 0.5
+
+
+def mean_std_empirical(x, m):  # a Monte Carlo estimate is not a prediction: a few % off
+    idx = torch.rand(2000, x.shape[0], generator=torch.Generator().manual_seed(0)).argsort(1)[:, :m]
+    return x[idx].mean(1).std(0)
+
+
+@pytest.mark.parametrize("fn", [mean_std_right, mean_std_unbiased_right, mean_std_reference])
+def test_batch_mean_std_right_answers_pass(fn, capsys):
+    bn.check.batch_mean_std(fn)
+    assert "✔ batch_mean_std: correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("fn", "message"), [
+    (mean_std_variance, "returned the variance"),
+    (mean_std_over_m, "divided by m"),
+    (mean_std_no_fpc, "correction is missing"),
+    (mean_std_no_fpc_unbiased, "correction is missing"),
+    (mean_std_fpc_no_sqrt, "multiplies the variance"),
+    (mean_std_biased_over_n, r"not \(N - m\) / N"),
+    (mean_std_unbiased_over_n_minus_1, r"unbiased std x.std\(0\) with the correction"),
+    (mean_std_wrong_axis, r"expected a result of shape \(3,\), got \(10,\)"),
+    (mean_std_empirical, "wrong result"),
+    (not_done, "not attempted"),
+    (lambda x, m: None, "returned None"),
+])
+def test_batch_mean_std_mistakes_are_named(fn, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.batch_mean_std(fn)
+
+
 # --- group_norm ---------------------------------------------------------------------------------
 
 
@@ -257,6 +338,6 @@ def test_group_norm_mistakes_are_named(fn, message):
 
 
 def test_checks_are_exported():
-    for name in ("running_update", "population_stats", "eval_batch_norm", "group_norm"):
+    for name in ("running_update", "population_stats", "eval_batch_norm", "batch_mean_std", "group_norm"):
         assert name in bn.check.inference.__all__
         assert callable(getattr(bn.check, name))

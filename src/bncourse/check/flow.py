@@ -1,4 +1,4 @@
-"""Exercise checks of Chapter 3, the BN flow: forward, scale and shift, backward.
+"""Exercise checks of Chapter 3, the BN flow: forward, scale and shift, backward, gradient checking.
 
 Each check runs the learner's function on fresh float64 inputs built so that the usual mistakes
 (unbiased variance, eps forgotten, wrong axis, a gradient that ignores mu and sigma) give clearly
@@ -10,10 +10,11 @@ from collections.abc import Callable
 import torch
 
 from .. import functional as F
+from ..testing import numeric_gradient as _reference_gradient
 from ..testing import rel_error
 from .core import CheckFailed, call, passed
 
-__all__ = ["bias_shift", "bn_backward", "bn_forward", "identity_params"]
+__all__ = ["bias_shift", "bn_backward", "bn_forward", "identity_params", "numeric_gradient"]
 
 EPS = 1e-3  # large enough that forgetting it, or adding it in the wrong place, shows
 
@@ -279,3 +280,77 @@ def bn_backward(fn: Callable) -> None:
              dout.mean(0)),
         ], "dbeta = sum over the batch of dout")
     passed(name, "dx through mu and sigma^2, dgamma and dbeta")
+
+
+def _differences(f: Callable, x: torch.Tensor, dout: torch.Tensor, h: float, how: str) -> torch.Tensor:
+    """Finite differences of ``sum(f() * dout)`` in ``x`` (``f`` reads ``x``), done a usual wrong way."""
+    loss = lambda: (f() * dout).sum().item()  # noqa: E731
+    base, grad, flat = loss(), torch.zeros_like(x), x.view(-1)
+    for i in range(flat.numel()):
+        old = flat[i].item()
+        flat[i] = old + h
+        plus = loss()
+        flat[i] = old - h
+        minus = loss()
+        flat[i] = old
+        grad.view(-1)[i] = {"forward": (plus - base) / h, "backward": (base - minus) / h,
+                            "over h": (plus - minus) / h, "half": (plus - base) / (2 * h)}[how]
+    return grad
+
+
+def _gradient_case(fn: Callable, name: str, shape: tuple[int, ...], h: float, seed: int) -> None:
+    """One input of the ``numeric_gradient`` check: ``f`` is batch norm then tanh, reading ``x``."""
+    g = torch.Generator().manual_seed(seed)
+    spread = torch.rand(shape[1], generator=g, dtype=torch.float64) * 1.5 + 0.5
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * spread.reshape(-1, *[1] * (len(shape) - 2)) + 3
+    gamma, beta = _params(shape[1], seed)
+    dout = torch.randn(shape, generator=g, dtype=torch.float64)
+
+    def on_copy(differences, *args):  # differences(f, t, *args), f reading t, a fresh copy of x
+        t = x.clone()
+        return differences(lambda: torch.tanh(F.batch_norm_forward(t, gamma, beta, EPS)[0]), t, *args)
+
+    mine = x.clone()
+    out = call(fn, lambda: torch.tanh(F.batch_norm_forward(mine, gamma, beta, EPS)[0]), mine,
+               dout.clone(), h, name=name)
+    if not torch.allclose(mine, x, rtol=1e-12, atol=1e-12):
+        raise CheckFailed(
+            f"{name}: x is left changed after the call: put each entry back after nudging it, "
+            "or every later entry is differenced at a shifted point")
+    got = _result(out, name, x, "the gradient has the shape of x")
+    one_sided = ("whose error is O(h): use the central difference (f(x + h) - f(x - h)) / (2h), "
+                 "whose error is O(h^2)")
+    mistakes = [
+        ("it ignores the argument h: nudge by the h it is given",
+         on_copy(_reference_gradient, dout)),
+        (f"it is a one-sided difference, (f(x + h) - f(x)) / h, {one_sided}",
+         on_copy(_differences, dout, h, "forward")),
+        (f"it is a one-sided difference, (f(x) - f(x - h)) / h, {one_sided}",
+         on_copy(_differences, dout, h, "backward")),
+        ("it divides by h: x + h and x - h are 2h apart, so divide by 2h",
+         on_copy(_differences, dout, h, "over h")),
+        ("the gradient is zero: nudge one entry of x at a time, in place (x.view(-1)[i] = old + h): "
+         "f() reads x itself, so it never sees a copy or x + h, and batch norm's output does not "
+         "change when all of x moves at once", torch.zeros_like(x)),
+        ("it computes (f(x + h) - f(x)) / (2h): the second point must be x - h (if you kept the old "
+         "value as x.view(-1)[i], that is a view that changes with x: keep a number, .item())",
+         on_copy(_differences, dout, h, "half")),
+        ("it differentiates sum(f()): the scalar is sum(f() * dout), the output weighted by dout",
+         on_copy(_reference_gradient, torch.ones_like(dout), h)),
+    ]
+    _compare(name, f"the gradient for an input of shape {shape} with h={h:g}", got,
+             on_copy(_reference_gradient, dout, h), mistakes,
+             "for each entry: set it to old + h, evaluate sum(f() * dout), set it to old - h, "
+             "evaluate again, restore old; its gradient is (plus - minus) / (2h)")
+
+
+def numeric_gradient(fn: Callable) -> None:
+    """Check ``fn(f, x, dout, h) -> grad``: central differences of ``sum(f() * dout)``, ``f`` reading ``x``.
+
+    ``f`` is a batch-norm layer followed by tanh, so that ``sum(f())`` depends on ``x``; a large ``h``
+    sets the one-sided and mis-scaled differences apart from the central one.
+    """
+    name = "numeric_gradient"
+    for seed, (shape, h) in enumerate([((6, 3), 0.1), ((3, 2, 2, 2), 0.1), ((5, 4), 1e-5)]):
+        _gradient_case(fn, name, shape, h, seed)
+    passed(name, "central differences, one entry at a time, x restored")

@@ -1,5 +1,5 @@
 """Exercise checks of Chapter 4, train vs test: running averages, population statistics, the
-eval-mode output of a layer, and group normalization."""
+eval-mode output of a layer, the noise of the batch mean, and group normalization."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as torch_F
 
 from .. import functional as F
+from .. import inference as inf
 from .core import CheckFailed, as_tensor, call, passed
 
-__all__ = ["eval_batch_norm", "group_norm", "population_stats", "running_update"]
+__all__ = ["batch_mean_std", "eval_batch_norm", "group_norm", "population_stats", "running_update"]
 
 
 def _run(fn, *args, name: str, what: str):
@@ -212,6 +213,52 @@ def eval_batch_norm(fn) -> None:
         raise CheckFailed(f"{name}: wrong output ({what}); expected weight * (x - running_mean) / "
                           f"sqrt(running_var + eps) + bias, per channel (dim 1)")
     passed(name, f"matches eval-mode batch norm on {len(cases)} layers, 2D and 3D inputs")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_mean_std(fn) -> None:
+    """Check ``fn(x, m) -> std``: per channel, the std of the mean of a batch of ``m`` rows of ``x``
+    (N, C) drawn without replacement, over all such batches."""
+    name = "batch_mean_std"
+    cases = [((10, 3), 4, 0), ((40, 5), 16, 1), ((200, 3), 8, 2), ((12, 4), 1, 3), ((9, 2), 9, 4)]
+    for (n, c), m, seed in cases:
+        gen = torch.Generator().manual_seed(seed)
+        scale = torch.rand(c, generator=gen, dtype=torch.float64) * 2.5 + 0.5
+        x = torch.randn(n, c, generator=gen, dtype=torch.float64) * scale + 3
+        sigma = x.std(0, unbiased=False)  # the training set's own std (divided by N)
+        ref = inf.mean_noise_theory(m, n) * sigma
+        what = f"x of shape {(n, c)} (N = {n} training examples), batch size m = {m}"
+        out = as_tensor(_run(fn, x.clone(), m, name=name, what=what), name, ref)
+        if _close(out, ref, 1e-6, 1e-9):
+            continue
+        s = x.std(0)  # unbiased, divided by N - 1
+        fpc = (n - m) / (n - 1)
+        mistakes = [
+            (sigma**2 * fpc / m, "you returned the variance of the batch mean; its std is the square root"),
+            (sigma * fpc**0.5 / m, "you divided by m; the variance of a mean of m values falls like 1 / m, "
+                                   "so its std falls like 1 / sqrt(m)"),
+            (sigma / m**0.5, "the finite-population correction is missing: the m rows are drawn without "
+                             "replacement from only N, so multiply by sqrt((N - m) / (N - 1))"),
+            (s / m**0.5, "the finite-population correction is missing: the m rows are drawn without "
+                         "replacement from only N, so multiply by sqrt((N - m) / (N - 1))"),
+            (sigma * fpc / m**0.5, "the finite-population correction (N - m) / (N - 1) multiplies the "
+                                   "variance; the std gets its square root"),
+            (sigma * ((n - m) / n / m) ** 0.5,
+             "with the population's own std (biased, divided by N) the correction is (N - m) / (N - 1), "
+             "not (N - m) / N; (N - m) / N goes with the unbiased std, x.std(0)"),
+            (s * (fpc / m) ** 0.5,
+             "you used the unbiased std x.std(0) with the correction (N - m) / (N - 1); that correction "
+             "goes with the population's own std, x.std(0, unbiased=False) (divided by N)"),
+        ]
+        for wrong, hint in mistakes:
+            if _close(out, wrong, 1e-6, 1e-9):
+                raise CheckFailed(f"{name}: {hint} ({what})")
+        raise CheckFailed(f"{name}: wrong result ({what}): expected sigma * sqrt((N - m) / ((N - 1) * m)) "
+                          f"per channel, with sigma = x.std(0, unbiased=False): {ref.tolist()}, got "
+                          f"{out.tolist()}")
+    passed(name, f"exact on {len(cases)} training sets, batches of 1 and of the whole set included")
 
 
 # ---------------------------------------------------------------------------------------------
