@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from bncourse import check
+from bncourse.benefits import NoisyBatchNorm1d, batch_noise
 from bncourse.check import CheckFailed
+from bncourse.check.benefits import exact_jitter
 from bncourse.functional import batch_norm
 
 
@@ -125,7 +127,7 @@ def test_largest_trainable_lr_names_the_mistake(wrong, message):
 
 
 @pytest.mark.parametrize("name", ["grad_at_scaled_weight", "largest_trainable_lr", "steps_fraction",
-                                  "gradient_change"])
+                                  "gradient_change", "batch_jitter", "noisy_batch_norm"])
 def test_unattempted_exercises_say_so(name):
     def todo(*args):
         raise NotImplementedError
@@ -217,3 +219,142 @@ def steps_in_place(loss, theta, eta):
 def test_gradient_change_names_the_mistake(wrong, message):
     with pytest.raises(CheckFailed, match=message):
         check.gradient_change(wrong)
+
+
+# ------------------------------------------------------------------------------------ batch_jitter
+def jitter(h, index, b, draws, *, mistake=None):
+    """The sampled std of example ``index``'s normalized value, right or as a typical mistake."""
+    n = len(h)
+    if mistake == "full data":
+        mean, var = h.mean().expand(draws), h.var(unbiased=False).expand(draws)
+    else:
+        if mistake == "may miss it":
+            batch = h[torch.rand(draws, n).argsort(dim=1)[:, :b]]
+        else:
+            others = torch.cat([h[:index], h[index + 1:]])
+            k = b if mistake in ("one more", "batch of others") else b - 1
+            batch = others[torch.rand(draws, n - 1).argsort(dim=1)[:, :k]]
+            if mistake not in ("others only", "batch of others"):
+                batch = torch.cat([h[index].expand(draws, 1), batch], dim=1)
+        mean, var = batch.mean(1), batch.var(1, unbiased=mistake == "unbiased")
+    value = ((h[index] - mean) / torch.sqrt(var + 1e-5)).std().item()
+    return value**2 if mistake == "variance" else value
+
+
+def jitter_loop(h, index, b, draws):
+    """A learner's plain loop, one batch at a time."""
+    others = [j for j in range(len(h)) if j != index]
+    values = []
+    for _ in range(draws):
+        batch = h[[index] + [others[j] for j in torch.randperm(len(others))[: b - 1].tolist()]]
+        values.append((h[index] - batch.mean()) / torch.sqrt(batch.var(unbiased=False) + 1e-5))
+    return torch.stack(values).std()
+
+
+def test_exact_jitter_is_what_batch_noise_estimates():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(14, generator=gen, dtype=torch.float64)
+    for index, b in ((0, 3), (5, 5)):
+        sampled = batch_noise(h[:, None], index, [b], draws=20000, generator=gen).item()
+        assert sampled == pytest.approx(exact_jitter(h, index, b), rel=0.03)
+
+
+@pytest.mark.parametrize("right", [lambda h, i, b, d: jitter(h, i, b, d), jitter_loop])
+def test_batch_jitter_accepts_right_answers(right, capsys):
+    torch.manual_seed(0)
+    check.batch_jitter(right)
+    assert "✔ batch_jitter: correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("full data", "statistics of all N"),
+    ("unbiased", "unbiased variance"),
+    ("one more", "not batch_size others"),
+    ("others only", "own value must enter"),
+    ("batch of others", "own value must enter"),
+    ("may miss it", "own value must enter"),
+    ("variance", "return its standard deviation"),
+])
+def test_batch_jitter_names_the_mistake(mistake, message):
+    torch.manual_seed(0)
+    with pytest.raises(CheckFailed, match=message):
+        check.batch_jitter(lambda h, i, b, d: jitter(h, i, b, d, mistake=mistake))
+
+
+def test_batch_jitter_catches_bad_returns():
+    def centres_in_place(h, i, b, d):
+        h -= h.mean()
+        return jitter(h, i, b, d)
+
+    for wrong, message in ((centres_in_place, "in place"), (lambda h, i, b, d: None, "returned None"),
+                           (lambda h, i, b, d: [0.5], "one number"),
+                           (lambda h, i, b, d: float("nan"), "not a finite number"),
+                           (lambda h, i, b, d: 1.3 * jitter(h, i, b, d), "expected about")):
+        with pytest.raises(CheckFailed, match=message):
+            check.batch_jitter(wrong)
+
+
+# -------------------------------------------------------------------------------- noisy_batch_norm
+def uniform(x, low, high, size=None, generator=None):
+    size = (x.shape[1],) if size is None else size
+    return low + (high - low) * torch.rand(size, generator=generator, dtype=x.dtype)
+
+
+def noisy(x, shift, top, *, scale=None, offset=None, before=False, dim=0, unbiased=False):
+    """``s * BN(x) + m``, right or with a typical mistake: ``scale(x, top)`` and ``offset(x, shift)``
+    draw the noise in place of the right ``U(1, top)`` and ``U(-shift, shift)`` per unit."""
+    s = uniform(x, 1, top) if scale is None else scale(x, top)
+    m = uniform(x, -shift, shift) if offset is None else offset(x, shift)
+    if before:
+        x = s * x + m
+    out = (x - x.mean(dim, keepdim=True)) / torch.sqrt(x.var(dim, unbiased=unbiased, keepdim=True) + 1e-5)
+    return out if before else s * out + m
+
+
+def seeded():
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.mark.parametrize("right", [
+    noisy,
+    lambda x, shift, top: NoisyBatchNorm1d(x.shape[1], shift, top)(x),
+    lambda x, shift, top: NoisyBatchNorm1d(x.shape[1], shift, top)(x.float()),
+])
+def test_noisy_batch_norm_accepts_right_answers(right, capsys):
+    check.noisy_batch_norm(right)
+    assert "✔ noisy_batch_norm: correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"before": True}, "no noise left"),
+    ({"scale": lambda x, top: torch.ones(x.shape[1], dtype=x.dtype), "offset": lambda x, s: 0.0},
+     "no noise left"),
+    ({"scale": lambda x, top: uniform(x, 1, top, generator=seeded())}, "same scale at every call"),
+    ({"offset": lambda x, s: uniform(x, -s, s, generator=seeded())}, "same shift at every call"),
+    ({"scale": lambda x, top: uniform(x, 1, top, size=(1,))}, "every unit gets the same scale"),
+    ({"offset": lambda x, s: uniform(x, -s, s, size=(1,))}, "every unit gets the same shift"),
+    ({"scale": lambda x, top: uniform(x, 1, top, size=x.shape)}, "not one scale times"),
+    ({"dim": 1}, "not one scale times"),
+    ({"unbiased": True}, "unbiased variance"),
+    ({"scale": lambda x, top: uniform(x, 0, top)}, "scales from"),
+    ({"scale": lambda x, top: uniform(x, 1, 2 * top)}, "scales from"),
+    ({"offset": lambda x, s: uniform(x, 0, s)}, "every shift is >= 0"),
+    ({"offset": lambda x, s: s * torch.randn(x.shape[1], dtype=x.dtype)}, "outside"),
+    ({"scale": lambda x, top: 1 + (top - 1) * uniform(x, 0, 1) ** 2}, "scales are not uniform"),
+    ({"offset": lambda x, s: s * (2 * uniform(x, 0, 1) ** 3 - 1)}, "shifts are not uniform"),
+])
+def test_noisy_batch_norm_names_the_mistake(kw, message):
+    with pytest.raises(CheckFailed, match=message):
+        check.noisy_batch_norm(lambda x, shift, top: noisy(x, shift, top, **kw))
+
+
+def test_noisy_batch_norm_catches_bad_returns():
+    def normalizes_in_place(x, shift, top):
+        x -= x.mean(0)
+        return noisy(x, shift, top)
+
+    for wrong, message in ((normalizes_in_place, "in place"),
+                           (lambda x, shift, top: None, "returned None"),
+                           (lambda x, shift, top: noisy(x, shift, top).T, "expected a result of shape")):
+        with pytest.raises(CheckFailed, match=message):
+            check.noisy_batch_norm(wrong)

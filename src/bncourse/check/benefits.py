@@ -1,18 +1,21 @@
-"""Exercise checks of Chapter 5, the benefits: weight-scale invariance, reading training runs, and
-gradient predictiveness."""
+"""Exercise checks of Chapter 5, the benefits: weight-scale invariance, reading training runs, the
+noise of batch statistics, noisy batch norm, and gradient predictiveness."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from numbers import Real
 
 import torch
 
 from ..benefits import Sweep, bn_linear_grad
+from ..functional import batch_norm
 from ..train import History
 from .core import CheckFailed, as_tensor, call, passed
 
-__all__ = ["gradient_change", "grad_at_scaled_weight", "largest_trainable_lr", "steps_fraction"]
+__all__ = ["batch_jitter", "gradient_change", "grad_at_scaled_weight", "largest_trainable_lr",
+           "noisy_batch_norm", "steps_fraction"]
 
 EPS = 1e-5
 
@@ -251,3 +254,143 @@ def gradient_change(fn) -> None:
                 raise CheckFailed(f"{name}: {hint} (eta = {eta})")
         raise CheckFailed(f"{name}: expected {ref:.6g}, got {got:.6g} (eta = {eta})")
     passed(name, "3 smooth losses, step sizes 0.02 to 0.5")
+
+
+def exact_jitter(h: torch.Tensor, index: int, batch_size: int, mistake: str | None = None) -> float:
+    """The std of example ``index``'s batch-normalized value over *all* batches of ``batch_size``
+    (the example plus ``batch_size - 1`` others), which :func:`bncourse.benefits.batch_noise`
+    estimates by sampling; ``mistake`` computes it as a typical wrong answer does instead."""
+    others = [j for j in range(len(h)) if j != index]
+    k = batch_size - 1 if mistake in (None, "unbiased", "others only") else batch_size
+    if mistake == "may miss it":
+        batches = [list(c) for c in itertools.combinations(range(len(h)), batch_size)]
+    elif mistake in ("others only", "batch of others"):
+        batches = [list(c) for c in itertools.combinations(others, k)]
+    else:
+        batches = [[index, *c] for c in itertools.combinations(others, k)]
+    hb = h[torch.tensor(batches)]
+    mean, var = hb.mean(1), hb.var(1, unbiased=mistake == "unbiased")
+    return ((h[index] - mean) / torch.sqrt(var + EPS)).std(unbiased=False).item()
+
+
+def batch_jitter(fn) -> None:
+    """Check ``fn(h, index, batch_size, draws)``: the std, over random batches holding example
+    ``index``, of its batch-normalized value (a Monte Carlo estimate, compared with the exact one)."""
+    name = "batch_jitter"
+    cases = [(3, 12, 3), (3, 12, 4), (4, 12, 3), (10, 20, 3)]  # (seed, examples, batch size)
+    excluded = ("the example's own value must enter its batch's mean and variance: a batch is the "
+                "example plus batch_size - 1 others drawn from the rest")
+    hints = {  # mistake: (message, largest |log(got / its value)| that still matches it)
+        "unbiased": ("you normalized with the unbiased variance (n - 1); batch norm uses the biased "
+                     "one", 0.1),
+        "one more": ("a batch of batch_size holds the example and batch_size - 1 others, not "
+                     "batch_size others", 0.1),
+        "variance": ("that is the variance of the normalized value; return its standard deviation", 0.12),
+        # sampled, these are heavy-tailed: match them loosely
+        "others only": (excluded, 0.3), "batch of others": (excluded, 0.3), "may miss it": (excluded, 0.3),
+    }
+    distance, first_miss = {m: 0.0 for m in hints}, None
+    for seed, n, b in cases:
+        gen = torch.Generator().manual_seed(seed)
+        h = torch.randn(n, generator=gen, dtype=torch.float64) * 3 + 2
+        index = int(torch.randint(n, (1,), generator=gen))
+        ref = exact_jitter(h, index, b)
+        h_in = h.clone()
+        got = call(fn, h_in, index, b, 8000, name=name)
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if got is None:
+            raise CheckFailed(f"{name}: the function returned None; did you forget `return`?")
+        if isinstance(got, bool) or not isinstance(got, Real):
+            raise CheckFailed(f"{name}: return one number (a float), got {type(got).__name__}")
+        if not torch.equal(h_in, h):
+            raise CheckFailed(f"{name}: the function changed h in place; leave it as it was")
+        where = f"(example {index} of {n}, batches of {b}, 8000 draws)"
+        if not math.isfinite(got):
+            raise CheckFailed(f"{name}: got {got}, not a finite number (a batch's variance can be "
+                              f"tiny: normalize with sqrt(var + {EPS})) {where}")
+        if got < 0.05 * ref:
+            raise CheckFailed(f"{name}: the normalized value barely varies ({got:.3g}): you seem to "
+                              f"normalize with the statistics of all N examples; use each batch's "
+                              f"own mean and variance {where}")
+        if abs(math.log(got / ref)) < 0.08:  # Monte Carlo error of 8000 draws: about 1.2%
+            continue
+        first_miss = first_miss or f"expected about {ref:.4g}, got {got:.4g} {where}"
+        wrong = {m: exact_jitter(h, index, b, m) for m in hints if m != "variance"}
+        wrong["variance"] = ref**2
+        for m, v in wrong.items():  # a mistake matches if it is within its tolerance in every miss
+            d = abs(math.log(got / v))
+            distance[m] = max(distance[m], d / hints[m][1])
+    if first_miss is None:
+        passed(name, "4 random units, batches of 3 and 4, against all possible batches")
+        return
+    likely = min(distance, key=distance.get)
+    if distance[likely] < 1:
+        raise CheckFailed(f"{name}: {hints[likely][0]}")
+    raise CheckFailed(f"{name}: {first_miss}")
+
+
+def _fit_noise(out: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Per unit, the least-squares ``out = a * x_hat + b``: ``(a, b, largest relative residual)``."""
+    a = (out * x_hat).mean(0) / (x_hat**2).mean(0)
+    b = out.mean(0)
+    residual = ((out - a * x_hat - b).abs().amax() / out.abs().amax()).item()
+    return a, b, residual
+
+
+def noisy_batch_norm(fn) -> None:
+    """Check ``fn(x, shift, max_scale)``: ``s * BN(x) + m`` with, per unit and new at every call,
+    ``m ~ U(-shift, shift)`` and ``s ~ U(1, max_scale)`` (the training-mode forward of
+    :class:`bncourse.benefits.NoisyBatchNorm1d` at its initial gamma and beta)."""
+    name = "noisy_batch_norm"
+    batch, units = 16, 500
+    for seed, shift, top in ((0, 1.0, 2.0), (1, 2.0, 3.0), (2, 0.5, 1.5)):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch, units, generator=gen, dtype=torch.float64) * 3 + 1
+        x_hat = batch_norm(x, None, None, training=True, eps=EPS)
+        where = f"(shift = {shift}, max_scale = {top})"
+        fits = []
+        for _ in range(2):
+            x_in = x.clone()
+            out = as_tensor(call(fn, x_in, shift, top, name=name), name, x).detach()
+            if not torch.equal(x_in, x):
+                raise CheckFailed(f"{name}: the function changed x in place; leave it as it was")
+            fits.append(_fit_noise(out, x_hat))
+        (a, b, residual), (a2, b2, _) = fits
+        if residual > 1e-6:
+            raise CheckFailed(
+                f"{name}: a unit's output is not one scale times its batch-normalized input plus one "
+                f"shift: normalize each unit (column) over the batch (dim 0), and draw one scale and "
+                f"one shift per unit, the same for every example of the batch {where}")
+        if (a - 1).abs().amax() < 1e-4 and b.abs().amax() < 1e-4:
+            raise CheckFailed(
+                f"{name}: the output is plain BN(x), with no noise left. If you added the noise before "
+                f"normalizing, batch norm removed it (it undoes any per-unit scale and shift): add it "
+                f"to the normalized output {where}")
+        for got, again, what in ((a, a2, "scale"), (b, b2, "shift")):
+            if torch.allclose(got, again, rtol=1e-9, atol=1e-12):
+                raise CheckFailed(f"{name}: each unit gets the same {what} at every call; draw new "
+                                  f"noise inside the function at each call (and do not reseed) {where}")
+            if got.std() < 1e-9:
+                raise CheckFailed(f"{name}: every unit gets the same {what}; draw one per unit "
+                                  f"(a vector of {units}) {where}")
+        a, b = torch.cat([a, a2]), torch.cat([b, b2])
+        unbiased = math.sqrt((batch - 1) / batch)
+        if a.min() < 1 - 1e-4 and (a / unbiased).min() > 1 - 1e-4:
+            raise CheckFailed(f"{name}: you normalized with the unbiased variance (n - 1); batch norm "
+                              f"uses the biased one {where}")
+        if a.min() < 1 - 1e-4 or a.max() > top * (1 + 1e-4):
+            raise CheckFailed(f"{name}: scales from {a.min():.3g} to {a.max():.3g}; draw them from "
+                              f"U(1, max_scale): 1 + (max_scale - 1) * u with u ~ U(0, 1) {where}")
+        if b.abs().max() > shift * (1 + 1e-4):
+            raise CheckFailed(f"{name}: shifts from {b.min():.3g} to {b.max():.3g}, outside "
+                              f"[-shift, shift]; draw them from U(-shift, shift) {where}")
+        if b.min() >= 0:
+            raise CheckFailed(f"{name}: every shift is >= 0; draw them from U(-shift, shift), not "
+                              f"U(0, shift), so that the mean moves both ways {where}")
+        u_a, u_b = (a - 1) / (top - 1), (b + shift) / (2 * shift)  # both should be U(0, 1)
+        for u, what in ((u_a, "scales"), (u_b, "shifts")):
+            if abs(u.mean() - 0.5) > 0.06 or abs(u.std() / math.sqrt(1 / 12) - 1) > 0.15:
+                raise CheckFailed(f"{name}: the {what} are not uniform over their range: over "
+                                  f"{len(u)} units their mean and spread are off {where}")
+    passed(name, "3 noise levels, 500 units, two calls each: per-unit, fresh, uniform noise")
