@@ -106,6 +106,8 @@ def test_bn_graph_draws_every_node_and_edge():
     texts = [t.get_text() for t in ax.texts]
     for _, _, label in diagram.BN_NODES.values():
         assert label in texts
+    for *_, label in diagram.BN_EDGES:  # every arrow carries its local derivative
+        assert label and label in texts
     arrows = [c for c in ax.get_children() if isinstance(c, Annotation)]
     assert len(arrows) == len(diagram.BN_EDGES)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]

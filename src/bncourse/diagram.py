@@ -27,13 +27,13 @@ BN_EDGES = [
     ("x", "xmu", "direct", r"$1$"),
     ("xmu", "xhat", "direct", r"$(\sigma^2+\epsilon)^{-1/2}$"),
     ("xhat", "y", "direct", r"$\gamma$"),
-    ("y", "loss", "direct", ""),
+    ("y", "loss", "direct", r"$g_i$"),
     ("x", "mu", "mu", r"$\frac{1}{m}$"),
     ("mu", "xmu", "mu", r"$-1$"),
     ("xmu", "var", "var", r"$\frac{2}{m}(x_i - \mu)$"),
     ("var", "inv", "var", r"$-\frac{1}{2}(\sigma^2+\epsilon)^{-3/2}$"),
     ("inv", "xhat", "var", r"$x_i - \mu$"),
-    ("gamma", "y", "param", ""),
+    ("gamma", "y", "param", r"$\hat{x}_i,\ 1$"),
 ]
 
 PATHS = {

@@ -11,8 +11,8 @@ Three choices in these kernels come from measurement (``python -m bncourse.bench
 * Reductions are plain ``Tensor.sum`` calls (:func:`channel_sum`). On the CPU these are vectorised
   across the channel dim and run at memory speed; ``torch.var_mean`` over dim 0 is about 50x slower
   there, ``torch.linalg.vector_norm`` about 5x, and a product with a ones vector about 5x.
-* Each pass allocates one input-sized tensor, as PyTorch's does (the forward its output, the
-  backward ``dx``), and computes it in place: a fresh large tensor costs page faults comparable to
+* The forward and the fused backward allocate one input-sized tensor each, as PyTorch's do (the
+  output, ``dx``) and compute it in place: a fresh large tensor costs page faults comparable to
   the arithmetic. So the forward keeps only ``x`` and per-channel statistics, and products that are
   only summed are formed a slice at a time (:func:`channel_sums`).
 """
