@@ -265,6 +265,16 @@ def test_predict_batch_stats_depends_on_the_company():
     assert not torch.allclose(a, b)
 
 
+def test_predict_running_stats_in_batches_does_not_depend_on_the_company():
+    model = _trained_like()
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    whole = inf.predict(model, x)
+    for seed in (0, 1):
+        batched = inf.predict(model, x, "running", 4, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(batched, whole)
+    assert model.training
+
+
 def test_accuracy_and_predict_reject_bad_input():
     model, x, y = _trained_like(), torch.randn(10, 5, dtype=torch.float64), torch.zeros(10, dtype=torch.long)
     assert 0.0 <= inf.accuracy(model, x, y) <= 1.0

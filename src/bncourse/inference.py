@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -321,22 +321,23 @@ def predict(model: nn.Module, x: torch.Tensor, stats: str = "running", batch_siz
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) on ``x``, with the batch norm statistics ``stats``.
 
-    ``stats="running"`` normalizes with the running buffers, one pass over ``x``.
-    ``stats="batch"`` shuffles ``x`` (with ``generator``) into ``len(x) // batch_size`` batches
-    (each of ``batch_size`` to ``2 * batch_size - 1`` examples) and normalizes each with its own
-    statistics, as training mode does, leaving the buffers untouched.
+    Without ``batch_size``, one pass over ``x`` with the running buffers (``stats="running"``).
+    With ``batch_size``, ``x`` is shuffled (with ``generator``) into ``len(x) // batch_size``
+    batches (each of ``batch_size`` to ``2 * batch_size - 1`` examples), and each batch is normalized
+    with its own statistics (``stats="batch"``, as training mode does, leaving the buffers
+    untouched) or with the running buffers (``stats="running"``, so the batches change nothing).
     """
     if stats not in ("running", "batch"):
         raise ValueError(f"stats must be 'running' or 'batch', got {stats!r}")
+    if stats == "batch" and batch_size is None:
+        raise ValueError("stats='batch' needs a batch_size")
     was_training = model.training
     model.eval()
     try:
-        if stats == "running":
-            return model(x)
         if batch_size is None:
-            raise ValueError("stats='batch' needs a batch_size")
+            return model(x)
         out = None
-        with batch_statistics(model):
+        with batch_statistics(model) if stats == "batch" else nullcontext():
             for idx in _batch_index(x.shape[0], batch_size, generator):
                 idx = idx.to(x.device)
                 logits = model(x[idx])
