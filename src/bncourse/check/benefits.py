@@ -76,6 +76,19 @@ def grad_at_scaled_weight(fn) -> None:
     passed(name, "4 random layers, k from 0.001 to 20")
 
 
+def _number(got, name: str, kind: str, allow_none: bool = False):
+    """The learner's scalar result as a Python number (``None`` kept if allowed), or a failure."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if got is None:
+        if allow_none:
+            return None
+        raise CheckFailed(f"{name}: the function returned None; did you forget `return`?")
+    if isinstance(got, bool) or not isinstance(got, Real):
+        raise CheckFailed(f"{name}: return {kind}, got {type(got).__name__}")
+    return got
+
+
 def _sweep(lrs: list[float], acc: list[list[float]]) -> Sweep:
     t = torch.tensor(acc, dtype=torch.float64)
     return Sweep(lrs, list(range(t.shape[1])), t, torch.zeros_like(t),
@@ -98,17 +111,14 @@ def largest_trainable_lr(fn) -> None:
     for lrs, acc, threshold in cases:
         sweep = _sweep(lrs, acc)
         ref = sweep.largest_trainable(threshold)
-        got = call(fn, list(lrs), torch.tensor(acc, dtype=torch.float64), threshold, name=name)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
+        got = _number(call(fn, list(lrs), torch.tensor(acc, dtype=torch.float64), threshold, name=name),
+                      name, "a learning rate (a float)", allow_none=True)
         where = f"(lrs {lrs}, threshold {threshold})"
         if ref is None:
             if got is not None:
                 raise CheckFailed(f"{name}: no rate trains every seed here, so return None; got "
                                   f"{got!r} {where}")
             continue
-        if got is not None and (isinstance(got, bool) or not isinstance(got, Real)):
-            raise CheckFailed(f"{name}: return a learning rate (a float), got {type(got).__name__}")
         if got is not None and math.isclose(got, ref):
             continue
         t = torch.tensor(acc, dtype=torch.float64)
@@ -163,16 +173,12 @@ def steps_fraction(fn) -> None:
         plain, normed = _history(steps, plain_acc), _history(steps, normed_acc)
         reached = normed.steps_to(plain_acc[-1])
         ref = None if reached is None else reached / steps[-1]
-        got = call(fn, plain, normed, name=name)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
+        got = _number(call(fn, plain, normed, name=name), name, "a fraction (a float)", allow_none=True)
         if ref is None:
             if got is not None:
                 raise CheckFailed(f"{name}: here the BN run never reaches the plain run's final "
                                   f"accuracy {plain_acc[-1]}, so return None; got {got!r}")
             continue
-        if got is not None and (isinstance(got, bool) or not isinstance(got, Real)):
-            raise CheckFailed(f"{name}: return a fraction (a float), got {type(got).__name__}")
         if got is not None and math.isclose(got, ref):
             continue
         i_max = _first(normed_acc, max(plain_acc))
@@ -225,13 +231,7 @@ def gradient_change(fn) -> None:
         g2 = _grad(loss, theta - eta * g)
         ref = (g2 - g).norm().item()
         theta_in = theta.clone()
-        got = call(fn, loss, theta_in, eta, name=name)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if got is None:
-            raise CheckFailed(f"{name}: the function returned None; did you forget `return`?")
-        if isinstance(got, bool) or not isinstance(got, Real):
-            raise CheckFailed(f"{name}: return one number (a float), got {type(got).__name__}")
+        got = _number(call(fn, loss, theta_in, eta, name=name), name, "one number (a float)")
         if not torch.equal(theta_in, theta):
             raise CheckFailed(f"{name}: the function changed theta in place; leave it as it was")
         if math.isclose(got, ref, rel_tol=1e-6):
@@ -296,13 +296,7 @@ def batch_jitter(fn) -> None:
         index = int(torch.randint(n, (1,), generator=gen))
         ref = exact_jitter(h, index, b)
         h_in = h.clone()
-        got = call(fn, h_in, index, b, 8000, name=name)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if got is None:
-            raise CheckFailed(f"{name}: the function returned None; did you forget `return`?")
-        if isinstance(got, bool) or not isinstance(got, Real):
-            raise CheckFailed(f"{name}: return one number (a float), got {type(got).__name__}")
+        got = _number(call(fn, h_in, index, b, 8000, name=name), name, "one number (a float)")
         if not torch.equal(h_in, h):
             raise CheckFailed(f"{name}: the function changed h in place; leave it as it was")
         where = f"(example {index} of {n}, batches of {b}, 8000 draws)"
