@@ -89,6 +89,15 @@ def _number(got, name: str, kind: str, allow_none: bool = False):
     return got
 
 
+def _matches_optional(got, ref, name: str, why_none: str) -> bool:
+    """True when ``got`` is the reference (``None`` included); a failure when only None is right."""
+    if ref is None:
+        if got is not None:
+            raise CheckFailed(f"{name}: {why_none}, so return None; got {got!r}")
+        return True
+    return got is not None and math.isclose(got, ref)
+
+
 def _sweep(lrs: list[float], acc: list[list[float]]) -> Sweep:
     t = torch.tensor(acc, dtype=torch.float64)
     return Sweep(lrs, list(range(t.shape[1])), t, torch.zeros_like(t),
@@ -114,12 +123,7 @@ def largest_trainable_lr(fn) -> None:
         got = _number(call(fn, list(lrs), torch.tensor(acc, dtype=torch.float64), threshold, name=name),
                       name, "a learning rate (a float)", allow_none=True)
         where = f"(lrs {lrs}, threshold {threshold})"
-        if ref is None:
-            if got is not None:
-                raise CheckFailed(f"{name}: no rate trains every seed here, so return None; got "
-                                  f"{got!r} {where}")
-            continue
-        if got is not None and math.isclose(got, ref):
+        if _matches_optional(got, ref, name, f"no rate trains every seed here {where}"):
             continue
         t = torch.tensor(acc, dtype=torch.float64)
         mean_ok = [lr for lr, a in zip(lrs, t.nanmean(1).tolist(), strict=True) if a >= threshold]
@@ -174,12 +178,8 @@ def steps_fraction(fn) -> None:
         reached = normed.steps_to(plain_acc[-1])
         ref = None if reached is None else reached / steps[-1]
         got = _number(call(fn, plain, normed, name=name), name, "a fraction (a float)", allow_none=True)
-        if ref is None:
-            if got is not None:
-                raise CheckFailed(f"{name}: here the BN run never reaches the plain run's final "
-                                  f"accuracy {plain_acc[-1]}, so return None; got {got!r}")
-            continue
-        if got is not None and math.isclose(got, ref):
+        why = f"here the BN run never reaches the plain run's final accuracy {plain_acc[-1]}"
+        if _matches_optional(got, ref, name, why):
             continue
         i_max = _first(normed_acc, max(plain_acc))
         i_strict = _first(normed_acc, plain_acc[-1], strict=True)
