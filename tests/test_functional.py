@@ -6,6 +6,7 @@ import torch.nn.functional as TF
 
 import bncourse as bn
 from bncourse import functional as F
+from bncourse import tuned
 from conftest import tolerances
 
 SHAPES = [(4, 3), (16, 5), (5, 3, 7), (2, 4, 3, 5), (3, 2, 2, 3, 4), (1, 3, 2)]
@@ -31,15 +32,28 @@ def torch_grads(x, gamma, beta, dout):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_forward_and_both_backwards_match_torch(shape, dtype, device):
+@pytest.mark.parametrize("kernels", [F, tuned], ids=["readable", "tuned"])
+def test_forward_and_backwards_match_torch(kernels, shape, dtype, device):
     x, gamma, beta, dout = make(shape, dtype, device)
-    out, cache = F.batch_norm_forward(x, gamma, beta)
+    out, cache = kernels.batch_norm_forward(x, gamma, beta)
     ref_out, ref_grads = torch_grads(x, gamma, beta, dout)
     tol = tolerances(dtype)
     torch.testing.assert_close(out, ref_out, **tol)
-    for backward in (F.batch_norm_backward, F.batch_norm_backward_fused):
+    backwards = [kernels.batch_norm_backward_fused] + ([F.batch_norm_backward] if kernels is F else [])
+    for backward in backwards:
         for ours, ref in zip(backward(dout, cache), ref_grads, strict=True):
             torch.testing.assert_close(ours, ref, **tol)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_tuned_kernels_compute_the_readable_kernels_values(affine):
+    x, gamma, beta, dout = make((7, 3, 5), torch.float64, "cpu", seed=1)
+    w, b = (gamma, beta) if affine else (None, None)
+    readable, tuned_ = F.batch_norm_forward(x, w, b), tuned.batch_norm_forward(x, w, b)
+    torch.testing.assert_close(tuned_[0], readable[0], rtol=1e-12, atol=1e-12)
+    for a, r in zip(tuned.batch_norm_backward_fused(dout, tuned_[1]),
+                    F.batch_norm_backward_fused(dout, readable[1]), strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
 def test_forward_statistics_are_biased_and_per_channel(device):
@@ -134,11 +148,12 @@ def test_batch_norm_gradients_match_torch(training, dtype, device):
         torch.testing.assert_close(a, r, **tolerances(dtype))
 
 
-def test_float32_variance_is_accurate_with_a_large_offset():
+@pytest.mark.parametrize("kernels", [F, tuned], ids=["readable", "tuned"])
+def test_float32_variance_is_accurate_with_a_large_offset(kernels):
     g = torch.Generator().manual_seed(0)
     x64 = torch.randn(65536, 8, generator=g, dtype=torch.float64) + 1e4
     exact = x64.var(0, unbiased=False)
-    _, cache = F.batch_norm_forward(x64.float(), None, None)
+    _, cache = kernels.batch_norm_forward(x64.float(), None, None)
     assert bn.rel_error(cache.var, exact) <= 1e-3
     layer = bn.nn.BatchNorm1d(8, momentum=1.0)
     layer(x64.float())

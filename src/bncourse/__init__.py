@@ -20,6 +20,7 @@ from . import (
     scaling,
     testing,
     train,
+    tuned,
 )
 from .device import available_devices, default_device, seed_everything
 from .testing import rel_error

@@ -3,11 +3,12 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .functional import BatchNormCache, batch_norm_backward_fused, batch_norm_forward
+from .functional import BatchNormCache
+from .tuned import batch_norm_backward_fused, batch_norm_forward
 
 
 class BatchNormFunction(torch.autograd.Function):
-    """Training-mode batch norm whose backward is :func:`batch_norm_backward_fused`.
+    """Training-mode batch norm on the tuned kernels of :mod:`bncourse.tuned`.
 
     ``apply(x, weight, bias, eps)`` returns ``(out, mean, var)``: the biased batch statistics come
     out too (not differentiable) so the caller can update running averages without recomputing them.

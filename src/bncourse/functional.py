@@ -3,18 +3,11 @@
 Conventions are PyTorch's: statistics are taken per channel (dim 1) over every other dim, the
 input is normalized with the *biased* batch variance, and ``running_var`` stores the *unbiased* one.
 
-Three choices in these kernels come from measurement (``python -m bncourse.bench``), not taste:
-
-* The variance is computed in two passes, ``mean((x - mean)**2)``, corrected for the rounding of
-  the mean (Chan, Golub and LeVeque, 1983). The one-pass form ``E[x**2] - E[x]**2`` loses every
-  digit in float32 when the data has a large offset.
-* Reductions are plain ``Tensor.sum`` calls (:func:`channel_sum`). On the CPU these are vectorised
-  across the channel dim and run at memory speed; ``torch.var_mean`` over dim 0 is about 50x slower
-  there, ``torch.linalg.vector_norm`` about 5x, and a product with a ones vector about 5x.
-* The forward and the fused backward allocate one input-sized tensor each, as PyTorch's do (the
-  output, ``dx``) and compute it in place: a fresh large tensor costs page faults comparable to
-  the arithmetic. So the forward keeps only ``x`` and per-channel statistics, and products that are
-  only summed are formed a slice at a time (:func:`channel_sums`).
+These are the kernels a reader learns from: each line is one step of the paper's Algorithm 1. The
+variance is taken in two passes, ``mean((x - mean)**2)``: the one-pass form ``E[x**2] - E[x]**2``
+loses every digit in float32 when the data has a large offset. :mod:`bncourse.tuned` computes the
+same values with fewer passes over memory; :func:`batch_norm` and the layers of :mod:`bncourse.nn`
+run those.
 """
 
 from __future__ import annotations
@@ -74,35 +67,6 @@ def reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
     return (0, *range(2, x.dim()))
 
 
-def channel_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum per channel over every dim but 1, shape ``(C,)``.
-
-    Summing the trailing dims first and then the batch dim is about 2.5x faster on the CPU than
-    one reduction over ``(0, 2, 3)`` for an ``(N, C, H, W)`` input (measured with torch 2.13).
-    """
-    if t.dim() > 2:
-        t = t.sum(tuple(range(2, t.dim())))
-    return t.sum(0)
-
-
-CHUNK_ELEMENTS = 1 << 20  # slice size of channel_sums: 4 MiB of float32
-
-
-def channel_sums(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(sum(a), sum(a * b))`` over every dim but 1, each of shape ``(C,)``.
-
-    Both sums are taken a slice of the batch at a time (about 4 MiB each), in one pass over memory,
-    and the product is never formed at full size: a full-size temporary means a fresh allocation
-    whose page faults cost as much as the arithmetic.
-    """
-    rows = max(1, CHUNK_ELEMENTS // max(1, a[0].numel()))
-    total_a = total_ab = 0
-    for a_rows, b_rows in zip(a.split(rows), b.split(rows), strict=True):
-        total_a = total_a + channel_sum(a_rows)
-        total_ab = total_ab + channel_sum(a_rows * b_rows)
-    return total_a, total_ab
-
-
 def channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a per-channel vector ``(C,)`` so it broadcasts against ``x`` of shape ``(N, C, *)``."""
     return v.reshape(1, -1, *([1] * (x.dim() - 2)))
@@ -150,20 +114,13 @@ def batch_norm_forward(
     check_input(x, training=True)
     check_channel_vector(gamma, "gamma", x)
     check_channel_vector(beta, "beta", x)
-    m = x.numel() // x.shape[1]
-    mean = channel_sum(x) / m
-    out = x - channel_view(mean, x)  # x - mean, turned into the output in place below
-    # Two passes, with Chan, Golub and LeVeque's correction for the rounding of the mean:
-    # accurate when |mean| >> std, where E[x^2] - E[x]^2 loses every digit.
-    centred_sum, squares = channel_sums(out, out)
-    var = (squares - centred_sum * centred_sum / m) / m
+    dims = reduce_dims(x)                      # every dim but the channel dim 1
+    mean = x.mean(dims)                        # 1. batch mean, per channel
+    x_mu = x - channel_view(mean, x)
+    var = (x_mu * x_mu).mean(dims)             # 2. biased batch variance
     inv_std = torch.rsqrt(var + eps)
-    # out = gamma * (x - mean) * inv_std + beta, as one kernel
-    scale = inv_std if gamma is None else gamma * inv_std
-    if beta is None:
-        out.mul_(channel_view(scale, x))
-    else:
-        torch.addcmul(channel_view(beta, x), out, channel_view(scale, x), out=out)
+    x_hat = x_mu * channel_view(inv_std, x)    # 3. normalize
+    out = affine(x_hat, gamma, beta)           # 4. scale and shift
     return out, BatchNormCache(x, mean, var, inv_std, gamma, eps)
 
 
@@ -186,23 +143,23 @@ def batch_norm_backward(dout: torch.Tensor, cache: BatchNormCache):
     ``inv_std = 1/sqrt(var + eps)``, ``x_hat = x_mu * inv_std``, ``out = gamma * x_hat + beta``.
     Returns ``(dx, dgamma, dbeta)``. Slower than :func:`batch_norm_backward_fused`; written to be read.
     """
-    x_mu, m = cache.x_mu, cache.count
+    x_mu, m, dims = cache.x_mu, cache.count, cache.dims
     view = lambda v: channel_view(v, x_mu)  # noqa: E731
     gamma = cache.gamma if cache.gamma is not None else torch.ones_like(cache.inv_std)
     x_hat = cache.x_hat
     # out = gamma * x_hat + beta
-    dbeta = channel_sum(dout)
-    dgamma = channel_sum(dout * x_hat)
+    dbeta = dout.sum(dims)
+    dgamma = (dout * x_hat).sum(dims)
     dx_hat = dout * view(gamma)
     # x_hat = x_mu * inv_std: x_mu reaches x_hat directly, and through var and inv_std
-    dinv_std = channel_sum(dx_hat * x_mu)
+    dinv_std = (dx_hat * x_mu).sum(dims)
     dx_mu = dx_hat * view(cache.inv_std)
     # inv_std = (var + eps) ** -1/2
     dvar = -0.5 * cache.inv_std**3 * dinv_std
     # var = mean(x_mu ** 2)
     dx_mu = dx_mu + 2.0 * x_mu * view(dvar) / m
     # x_mu = x - mu, mu = mean(x): x reaches x_mu directly, and through mu
-    dmu = -channel_sum(dx_mu)
+    dmu = -dx_mu.sum(dims)
     dx = dx_mu + view(dmu) / m
     return dx, dgamma, dbeta
 
@@ -214,15 +171,13 @@ def batch_norm_backward_fused(dout: torch.Tensor, cache: BatchNormCache):
     ``dx = gamma * inv_std / m * (m * dout - sum(dout) - x_hat * sum(dout * x_hat))``,
     with sums per channel. Returns ``(dx, dgamma, dbeta)``.
     """
-    inv_std, m = cache.inv_std, cache.count
+    dims, m = cache.dims, cache.count
     view = lambda v: channel_view(v, dout)  # noqa: E731
-    dx = cache.x_mu  # x - mean, turned into dx in place below
-    dbeta, dot = channel_sums(dout, dx)
-    dgamma = dot * inv_std  # sum(dout * x_hat)
-    scale = inv_std if cache.gamma is None else cache.gamma * inv_std
-    # dx = scale * dout - scale * dbeta / m - (x - mean) * (scale * inv_std * dgamma / m): two kernels
-    torch.addcmul(view(-scale * dbeta / m), dx, view(-scale * inv_std * dgamma / m), out=dx)
-    dx.addcmul_(dout, view(scale))
+    gamma = cache.gamma if cache.gamma is not None else torch.ones_like(cache.inv_std)
+    x_hat = cache.x_hat
+    dbeta = dout.sum(dims)
+    dgamma = (dout * x_hat).sum(dims)
+    dx = view(gamma * cache.inv_std / m) * (m * dout - view(dbeta) - x_hat * view(dgamma))
     return dx, dgamma, dbeta
 
 
