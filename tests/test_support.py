@@ -100,3 +100,24 @@ def test_rel_error_and_numeric_gradient():
     x = torch.tensor([1.0, -2.0], dtype=torch.float64)
     grad = bn.testing.numeric_gradient(lambda: x**3, x, torch.ones(2, dtype=torch.float64))
     torch.testing.assert_close(grad, 3 * x**2)
+
+
+def test_setup_seeds_sets_threads_and_returns_the_default_device():
+    before = torch.get_num_threads()
+    try:
+        assert bn.setup(3, threads=1) == bn.default_device()
+        assert torch.get_num_threads() == 1
+        first = torch.rand(4)
+        bn.setup(3, threads=None)
+        assert torch.get_num_threads() == 1  # None keeps what is set
+        assert torch.equal(torch.rand(4), first)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_subplots_refuses_more_than_two_panels_side_by_side():
+    with pytest.raises(ValueError, match="at most 2 panels side by side.*got ncols=3"):
+        bn.plot.subplots(3)
+    fig, axes = bn.plot.subplots(2, 2)
+    assert axes.shape == (2, 2)
+    bn.plot.plt.close(fig)

@@ -22,7 +22,7 @@ from . import (
     train,
     tuned,
 )
-from .device import available_devices, default_device, seed_everything
+from .device import available_devices, default_device, seed_everything, setup
 from .testing import rel_error
 
 __version__ = "0.1.0"
