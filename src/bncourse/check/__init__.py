@@ -8,5 +8,6 @@ from .benefits import *  # noqa: F403
 from .core import CheckFailed
 from .flow import *  # noqa: F403
 from .inference import *  # noqa: F403
+from .practice import *  # noqa: F403
 from .problem import *  # noqa: F403
 from .scaling import *  # noqa: F403
