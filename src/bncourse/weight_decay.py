@@ -1,0 +1,73 @@
+"""Weight decay on weights that batch norm makes scale-invariant.
+
+A weight followed by batch norm can be scaled without changing the network's output (in training
+mode, up to eps), so L2 on it does not constrain the function; it shrinks the weight's norm, and
+the size of each step *relative to* that norm, the effective step, grows (van Laarhoven, 2017).
+With plain SGD the angle a weight turns per step settles near sqrt(2 lr wd) (Wan et al., 2021).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import Split
+from .inference import bn_layers
+from .sgd import sgd
+
+
+def scale_invariant_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of the Linear and Conv layers whose output goes straight into a batch norm
+    (adjacent in ``model.modules()`` order, as in ``bn.models.mlp`` and ``bn.convnets``)."""
+    modules = list(model.modules())
+    norms = set(bn_layers(model))
+    found = [a.weight for a, b in zip(modules, modules[1:], strict=False)
+             if isinstance(a, nn.Linear | nn.Conv1d | nn.Conv2d) and b in norms]
+    if not found:
+        raise ValueError("no Linear or Conv layer directly followed by a batch norm layer")
+    return found
+
+
+def angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The angle between two weight tensors, in radians, computed in float64."""
+    a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    cos = torch.dot(a, b) / (a.norm() * b.norm())
+    return math.acos(max(-1.0, min(1.0, cos.item())))
+
+
+def equilibrium_angle(lr: float, weight_decay: float) -> float:
+    """The angle per step at which decay and gradient steps balance, sqrt(2 lr wd) (plain SGD)."""
+    if lr <= 0 or weight_decay <= 0:
+        raise ValueError(f"expected lr > 0 and weight_decay > 0, got {lr} and {weight_decay}")
+    return math.sqrt(2 * lr * weight_decay)
+
+
+@dataclass
+class NormTrace:
+    """Per step and per scale-invariant weight: its norm after the step and the angle it turned."""
+
+    norms: torch.Tensor   # (steps + 1, layers); row 0 is the initial norm
+    angles: torch.Tensor  # (steps, layers), radians
+    losses: list[float]
+
+
+def trace_norms(model: nn.Module, data: Split, steps: int, lr: float, weight_decay: float = 0.0,
+                batch_size: int = 32, seed: int = 0) -> NormTrace:
+    """Train with plain SGD (``weight_decay`` on every parameter) and record, at every step, the
+    norm of each scale-invariant weight and the angle it turned."""
+    weights = scale_invariant_weights(model)
+    norms = [[w.norm().item() for w in weights]]
+    angles: list[list[float]] = []
+    previous = [w.detach().clone() for w in weights]
+
+    def record(step: int, _model: nn.Module) -> None:
+        angles.append([angle(p, w) for p, w in zip(previous, weights, strict=True)])
+        norms.append([w.norm().item() for w in weights])
+        for p, w in zip(previous, weights, strict=True):
+            p.copy_(w.detach())
+
+    losses = sgd(model, data.x_train, data.y_train, steps, lr, batch_size, seed,
+                 weight_decay=weight_decay, on_step=record)
+    return NormTrace(torch.tensor(norms, dtype=torch.float64), torch.tensor(angles, dtype=torch.float64),
+                     losses)

@@ -1,0 +1,261 @@
+"""Chapter 6's tools: the SGD loop, the convnet, the residual network, weight decay on
+scale-invariant weights, dropout's variance shift, and fine-tuning with frozen batch norm."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import bncourse as bn
+from bncourse import convnets, dropout_shift, finetune, residual, weight_decay
+from bncourse.sgd import sgd
+
+
+def blobs(n=64, features=8, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    centres = torch.randn(classes, features, generator=g) * 2
+    return centres[y] + torch.randn(n, features, generator=g), y
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# ---- sgd --------------------------------------------------------------------------------------
+
+
+def test_sgd_learns_and_weight_decay_is_torchs():
+    x, y = blobs()
+    torch.manual_seed(0)
+    model = bn.models.mlp([8, 16, 3], norm="bn")
+    twin = bn.models.mlp([8, 16, 3], norm="bn")
+    twin.load_state_dict(model.state_dict())
+    losses = sgd(model, x, y, steps=40, lr=0.2, batch_size=16, weight_decay=0.01)
+    assert len(losses) == 40 and losses[-1] < losses[0]
+    opt = torch.optim.SGD(twin.parameters(), lr=0.2, weight_decay=0.01)   # the same loop by hand
+    gen = torch.Generator().manual_seed(0)
+    step = 0
+    while step < 40:
+        for xb, yb in bn.data.batches(x, y, 16, gen):
+            loss = nn.functional.cross_entropy(twin(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == 40:
+                break
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_sgd_bn_eval_holds_the_statistics():
+    x, y = blobs()
+    model = bn.models.mlp([8, 16, 3], norm="bn")
+    layer = model[1]
+    with torch.no_grad():
+        layer.running_mean.fill_(0.5)
+    before = layer.running_mean.clone()
+    sgd(model, x, y, steps=5, lr=0.1, batch_size=8, bn_eval=True)
+    assert torch.equal(layer.running_mean, before) and not layer.training and model[0].training
+    sgd(model, x, y, steps=1, lr=0.1, batch_size=8)
+    assert not torch.equal(layer.running_mean, before)
+
+
+def test_sgd_refuses_bad_arguments():
+    x, y = blobs()
+    model = bn.models.mlp([8, 4, 3])
+    with pytest.raises(ValueError, match="steps"):
+        sgd(model, x, y, steps=0, lr=0.1)
+    with pytest.raises(ValueError, match="lr > 0"):
+        sgd(model, x, y, steps=1, lr=-1.0)
+    with pytest.raises(ValueError, match="batch_size 100"):
+        sgd(model, x, y, steps=1, lr=0.1, batch_size=100)
+
+
+# ---- convnets -----------------------------------------------------------------------------------
+
+
+def test_conv_net_shapes_bias_and_init():
+    x = torch.rand(5, 64)
+    with_bn = convnets.conv_net(norm="bn")
+    assert with_bn(x).shape == (5, 10)
+    convs = [m for m in with_bn.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 and all(c.bias is None for c in convs)
+    assert len(bn.inference.bn_layers(with_bn)) == 3
+    plain = convnets.conv_net(norm=None, init="he")
+    assert all(c.bias is not None and torch.all(c.bias == 0) for c in plain.modules()
+               if isinstance(c, nn.Conv2d))
+    with pytest.raises(ValueError, match="init"):
+        convnets.conv_net(init="xavier")
+    with pytest.raises(ValueError, match="norm"):
+        convnets.conv_block(1, 2, norm="layer")
+
+
+def test_relu_activity_matches_phi_for_normal_inputs():
+    torch.manual_seed(0)
+    layer = bn.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, -2.0, 0.5]))
+        layer.bias.copy_(torch.tensor([0.0, 1.0, -0.5]))
+    model = nn.Sequential(layer, nn.ReLU())
+    [(measured, predicted)] = convnets.relu_activity(model, torch.randn(20000, 3))
+    torch.testing.assert_close(predicted, torch.tensor([0.5, 0.6915, 0.1587]), atol=1e-4, rtol=0)
+    assert (measured - predicted).abs().max() < 0.02   # running stats (0, 1) = the data's
+
+
+# ---- residual -------------------------------------------------------------------------------------
+
+
+def test_zero_init_makes_every_block_the_identity_after_relu():
+    torch.manual_seed(0)
+    model = residual.residual_mlp(depth=3, width=8, inputs=5, classes=2, zero_init=True)
+    block = model[3]
+    h = torch.randn(16, 8)
+    torch.testing.assert_close(block(h), torch.relu(h))
+    assert all(b.last_bn.weight.abs().sum() == 0 for b in model if isinstance(b, residual.ResidualBlock))
+    with pytest.raises(ValueError, match="ResidualBlock"):
+        residual.zero_init_residual(nn.Linear(2, 2))
+
+
+def test_stream_std_grows_with_depth_unless_zero_init():
+    x = torch.randn(256, 64)
+    torch.manual_seed(0)
+    plain = residual.residual_mlp(depth=8)
+    before = state(plain)
+    stds = residual.stream_std(plain, x)
+    assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())
+    assert stds[-1] > 2 * stds[0]
+    zero = residual.stream_std(residual.residual_mlp(depth=8, zero_init=True), x)
+    assert max(zero) - min(zero) < 1e-6
+
+
+# ---- weight decay -----------------------------------------------------------------------------------
+
+
+def test_scale_invariant_weights_and_angle():
+    model = bn.models.mlp([8, 16, 16, 3], norm="bn")
+    found = weight_decay.scale_invariant_weights(model)
+    assert [tuple(w.shape) for w in found] == [(16, 8), (16, 16)]
+    assert len(weight_decay.scale_invariant_weights(convnets.conv_net())) == 3
+    with pytest.raises(ValueError, match="followed by a batch norm"):
+        weight_decay.scale_invariant_weights(bn.models.mlp([8, 16, 3]))
+    a = torch.tensor([1.0, 0.0])
+    assert weight_decay.angle(a, torch.tensor([0.0, 3.0])) == pytest.approx(math.pi / 2)
+    assert weight_decay.angle(a, 5 * a) == 0.0
+    assert weight_decay.equilibrium_angle(0.2, 0.01) == pytest.approx(0.0632455532)
+
+
+def test_trace_norms_records_every_step_and_the_norm_shrinks_with_decay():
+    x, y = blobs(n=96)
+    data = bn.data.Split(x, y, x, y)
+    torch.manual_seed(0)
+    model = bn.models.mlp([8, 16, 3], norm="bn")
+    trace = weight_decay.trace_norms(model, data, steps=30, lr=0.5, weight_decay=0.1, batch_size=16)
+    assert trace.norms.shape == (31, 1) and trace.angles.shape == (30, 1) and len(trace.losses) == 30
+    assert trace.norms[-1, 0] < trace.norms[0, 0]
+    assert abs(trace.norms[-1, 0] - model[0].weight.norm().item()) < 1e-5
+
+
+# ---- dropout ----------------------------------------------------------------------------------------
+
+
+def test_dropout_mlp_places_dropout():
+    def drops(model):
+        return [i for i, m in enumerate(model) if isinstance(m, nn.Dropout)]
+
+    assert drops(dropout_shift.dropout_mlp([4, 8, 8, 2], 0.5, "none")) == []
+    assert drops(dropout_shift.dropout_mlp([4, 8, 8, 2], 0.5, "after_bn")) == [6]
+    assert drops(dropout_shift.dropout_mlp([4, 8, 8, 2], 0.5, "before_bn")) == [3, 7]
+    with pytest.raises(ValueError, match="where"):
+        dropout_shift.dropout_mlp([4, 8, 2], 0.5, "between")
+
+
+def test_dropout_variance_ratio_matches_a_simulation():
+    g = torch.Generator().manual_seed(0)
+    h = torch.relu(torch.randn(200_000, generator=g))
+    mask = (torch.rand(h.shape, generator=g) > 0.5).float() / 0.5
+    ratio = h.var() / (h * mask).var()
+    assert dropout_shift.dropout_variance_ratio(h.mean().item(), h.var().item(), 0.5) == \
+        pytest.approx(ratio.item(), rel=0.02)
+    assert dropout_shift.dropout_variance_ratio(1.0, 2.0, 0.0) == 1.0
+
+
+def test_variance_ratios_is_one_without_dropout_and_below_one_with_it():
+    x, y = blobs(n=256, features=8)
+    for where, low, high in (("none", 0.9, 1.1), ("before_bn", 0.2, 0.9)):
+        torch.manual_seed(0)
+        model = dropout_shift.dropout_mlp([8, 32, 32, 3], 0.5, where)
+        with torch.no_grad():
+            for _ in range(200):   # running statistics of the training-mode inputs
+                model.train()(x)
+        ratios = dropout_shift.variance_ratios(model, x)
+        assert low < ratios[1] < high, (where, ratios)
+        assert model.training
+
+
+# ---- finetune ---------------------------------------------------------------------------------------
+
+
+def trained_bn2d(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    layer = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(3, generator=g) + 0.5)
+        layer.bias.copy_(torch.randn(3, generator=g))
+        layer.running_mean.copy_(torch.randn(3, generator=g))
+        layer.running_var.copy_(torch.rand(3, generator=g) + 0.1)
+    return layer
+
+
+def test_frozen_batch_norm_is_eval_mode_batch_norm_in_both_modes():
+    layer = trained_bn2d().eval()
+    frozen = finetune.FrozenBatchNorm.from_batch_norm(layer)
+    x = torch.randn(4, 3, 5, 5)
+    assert list(frozen.parameters()) == []
+    for mode in (frozen.train(), frozen.eval()):
+        torch.testing.assert_close(mode(x), layer(x))
+    loaded = finetune.FrozenBatchNorm(3)
+    loaded.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "num_batches_tracked"})
+    torch.testing.assert_close(loaded(x), layer(x))
+    bn.check.frozen_batch_norm(finetune.FrozenBatchNorm)
+    with pytest.raises(ValueError, match="expected an input"):
+        frozen(torch.randn(4, 2))
+
+
+def test_freeze_batch_norm_replaces_every_layer():
+    model = convnets.conv_net(norm="torch_bn")
+    model.eval()
+    x = torch.rand(6, 64)
+    expected = model(x)
+    finetune.freeze_batch_norm(model)
+    assert bn.inference.bn_layers(model) == []
+    assert sum(isinstance(m, finetune.FrozenBatchNorm) for m in model.modules()) == 3
+    torch.testing.assert_close(model.train()(x), expected)
+    with pytest.raises(ValueError, match="no batch norm"):
+        finetune.freeze_batch_norm(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("strategy", finetune.STRATEGIES)
+def test_fine_tune_strategies(strategy):
+    x, y = blobs(n=48)
+    torch.manual_seed(0)
+    model = bn.models.mlp([8, 16, 3], norm="bn")
+    before = state(model)
+    tuned, losses = finetune.fine_tune(model, x + 3, y, strategy, steps=6, lr=0.05, batch_size=4)
+    assert len(losses) == 6 and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    layer = tuned[1]
+    if strategy == "frozen":
+        assert isinstance(layer, finetune.FrozenBatchNorm)
+        torch.testing.assert_close(layer.running_mean, before["1.running_mean"])
+    elif strategy == "eval":
+        assert torch.equal(layer.running_mean, before["1.running_mean"])
+        assert not torch.equal(layer.weight, before["1.weight"])
+    elif strategy == "re-estimated":
+        hidden = (x + 3) @ model[0].weight.T
+        torch.testing.assert_close(layer.running_mean, hidden.mean(0), atol=1e-4, rtol=1e-4)
+    else:
+        assert not torch.equal(layer.running_mean, before["1.running_mean"])
+    with pytest.raises(ValueError, match="strategy"):
+        finetune.fine_tune(model, x, y, "sync", steps=1, lr=0.1, batch_size=4)
