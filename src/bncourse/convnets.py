@@ -1,13 +1,8 @@
-"""A small convolutional network for the 8x8 digits, with or without batch norm, and what its
-batch-norm layers learned: the scale gamma and shift beta that set how often each channel fires."""
+"""A small convolutional network for the 8x8 digits, with or without batch norm."""
 
-import math
-
-import torch
 from torch import nn
 
 from . import nn as bnn
-from .inference import bn_layers
 
 NORMS = {"bn": bnn.BatchNorm2d, "torch_bn": nn.BatchNorm2d}
 
@@ -48,29 +43,3 @@ def conv_net(channels: tuple[int, int, int] = (16, 32, 32), norm: str | None = "
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
     return model
-
-
-@torch.no_grad()
-def relu_activity(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For each batch-norm layer followed by a ReLU: per channel, the measured fraction of positive
-    outputs on ``x`` (eval mode) and the fraction a normal x_hat would give, Phi(beta / |gamma|)."""
-    was_training = model.training
-    model.eval()
-    seen: dict[nn.Module, torch.Tensor] = {}
-    layers = bn_layers(model)
-    hooks = [m.register_forward_hook(lambda mod, _, out: seen.__setitem__(mod, out)) for m in layers]
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    result = []
-    for layer in layers:
-        out = seen[layer]
-        dims = (0, *range(2, out.dim()))
-        measured = (out > 0).float().mean(dims)
-        ratio = layer.bias / layer.weight.abs().clamp_min(1e-12)
-        predicted = 0.5 * (1 + torch.erf(ratio / math.sqrt(2)))
-        result.append((measured, predicted))
-    return result
