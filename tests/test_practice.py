@@ -183,6 +183,18 @@ def test_variance_ratios_is_one_without_dropout_and_below_one_with_it():
         assert model.training
 
 
+def test_variance_ratios_reduce_per_channel_for_images():
+    model = convnets.conv_net()
+    x = torch.rand(64, 64)
+    with torch.no_grad():
+        for layer in bn.inference.bn_layers(model):
+            layer.momentum = None            # cumulative: the exact running variance
+        for _ in range(3):
+            model.train()(x)
+    ratios = dropout_shift.variance_ratios(model, x)   # layer 1 sees the same x: no shift
+    assert len(ratios) == 3 and abs(ratios[0] - 1) < 1e-3
+
+
 # ---- finetune ---------------------------------------------------------------------------------------
 
 

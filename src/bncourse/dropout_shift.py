@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import nn as bnn
+from .functional import reduce_dims
 from .inference import bn_layers
 
 PLACES = ("none", "before_bn", "after_bn")
@@ -45,8 +46,9 @@ def dropout_variance_ratio(mean: float, var: float, p: float) -> float:
 
 @torch.no_grad()
 def variance_ratios(model: nn.Module, x: torch.Tensor) -> list[float]:
-    """For each batch-norm layer, the variance of its input on ``x`` in eval mode (no dropout) over
-    its running variance, averaged over its channels: 1 means no shift."""
+    """For each batch-norm layer, the variance of its input on ``x`` in eval mode (no dropout), per
+    channel, over its running variance, averaged over the channels: 1 means no shift. Also measures
+    how far new data are from the statistics a network was trained with."""
     layers = bn_layers(model)
     seen: dict[nn.Module, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(mod, args[0]))
@@ -59,4 +61,4 @@ def variance_ratios(model: nn.Module, x: torch.Tensor) -> list[float]:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return [(seen[m].var(0) / m.running_var).mean().item() for m in layers]
+    return [(seen[m].var(reduce_dims(seen[m])) / m.running_var).mean().item() for m in layers]
