@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import bncourse as bn
+from bncourse import residual, weight_decay
 from bncourse.check import CheckFailed
 
 # ---- batch_norm_function --------------------------------------------------------------------
@@ -315,3 +316,130 @@ def test_not_attempted_is_reported():
                   bn.check.variance_shift):
         with pytest.raises(CheckFailed, match="not attempted"):
             check(todo)
+
+
+# ---- fold_bn and relu_threshold ---------------------------------------------------------------
+
+
+def fold(w, mean, var, gamma, beta, eps, mistake=None):
+    std = torch.sqrt(var + (0.0 if mistake == "no eps" else eps))
+    scale = gamma / std
+    if mistake == "input channels":
+        return w * scale.reshape(1, -1, 1, 1), beta - mean * scale
+    bias = beta if mistake == "no mean" else beta - mean * scale
+    return w * scale.reshape(-1, 1, 1, 1), bias
+
+
+def test_fold_bn():
+    bn.check.fold_bn(fold)
+    for mistake, message in (("no eps", "eps is missing"), ("no mean", "running mean is missing"),
+                             ("input channels", "OUTPUT channel")):
+        with pytest.raises(CheckFailed, match=message):
+            bn.check.fold_bn(lambda *a, m=mistake: fold(*a, mistake=m))
+
+
+def test_relu_threshold():
+    bn.check.relu_threshold(lambda m, v, g, b, eps: m - b * torch.sqrt(v + eps) / g)
+    cases = [
+        (lambda m, v, g, b, eps: m - b * torch.sqrt(v) / g, "eps is missing"),
+        (lambda m, v, g, b, eps: m + b * torch.sqrt(v + eps) / g, "sign is wrong"),
+        (lambda m, v, g, b, eps: m - b * torch.sqrt(v + eps) / g.abs(), "\\|gamma\\|"),
+        (lambda m, v, g, b, eps: -b / g, "normalized units"),
+    ]
+    for fn, message in cases:
+        with pytest.raises(CheckFailed, match=message):
+            bn.check.relu_threshold(fn)
+
+
+# ---- weight_angle and linear_variance_shift ---------------------------------------------------
+
+
+def test_weight_angle():
+    bn.check.weight_angle(weight_decay.angle)
+
+    def naive(a, b, dtype=None, degrees=False):
+        a, b = a.flatten(), b.flatten()
+        if dtype is not None:
+            a, b = a.to(dtype), b.to(dtype)
+        angle = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1)).item()
+        return math.degrees(angle) if degrees else angle
+
+    with pytest.raises(CheckFailed, match="float32 rounds"):
+        bn.check.weight_angle(lambda a, b: naive(a, b, torch.float32))
+    with pytest.raises(CheckFailed, match="degrees"):
+        bn.check.weight_angle(lambda a, b: naive(a, b, torch.float64, degrees=True))
+    bn.check.weight_angle(lambda a, b: naive(a, b, torch.float64))
+
+
+def test_linear_variance_shift():
+    def right(w, mean, cov, p, diag=False, means=True):
+        test = (w**2 * torch.diagonal(cov)).sum() if diag else w @ cov @ w
+        second = torch.diagonal(cov) + (mean**2 if means else 0)
+        return (test / (test + p / (1 - p) * (w**2 * second).sum())).item()
+
+    bn.check.linear_variance_shift(right)
+    with pytest.raises(CheckFailed, match="covariances"):
+        bn.check.linear_variance_shift(lambda *a: right(*a, diag=True))
+    with pytest.raises(CheckFailed, match="ignores the means"):
+        bn.check.linear_variance_shift(lambda *a: right(*a, means=False))
+
+
+# ---- zero_init_residual, warmup_lr, train_with_frozen_bn --------------------------------------
+
+
+def test_zero_init_residual():
+    bn.check.zero_init_residual(residual.zero_init_residual)
+
+    def zero_first(model):
+        for block in model:
+            if isinstance(block, residual.ResidualBlock):
+                nn.init.zeros_(block.branch[1].weight)
+
+    def zero_linear(model):
+        for block in model:
+            if isinstance(block, residual.ResidualBlock):
+                nn.init.zeros_(block.branch[3].weight)
+
+    for fn, message in ((zero_first, "FIRST batch norm"), (zero_linear, "last Linear"),
+                        (lambda model: None, "did not change")):
+        with pytest.raises(CheckFailed, match=message):
+            bn.check.zero_init_residual(fn)
+
+
+def test_warmup_lr():
+    def right(step, base, warm, start):
+        return start + (base - start) * min(step, warm) / warm
+
+    bn.check.warmup_lr(right)
+    cases = [
+        (lambda s, b, w, st: st + (b - st) * s / w, "keeps growing"),
+        (lambda s, b, w, st: b * min(s, w) / w, "start_lr"),
+        (lambda s, b, w, st: st + (b - st) * min(s, w + 1) / (w + 1), "off by one"),
+    ]
+    for fn, message in cases:
+        with pytest.raises(CheckFailed, match=message):
+            bn.check.warmup_lr(fn)
+
+
+def test_train_with_frozen_bn():
+    def right(model):
+        model.train()
+        for m in bn.inference.bn_layers(model):
+            m.eval()
+
+    def children_only(model):
+        model.train()
+        for m in model.children():
+            if isinstance(m, nn.BatchNorm1d | bn.nn.BatchNorm1d):
+                m.eval()
+
+    def grads_off(model):
+        model.train()
+        for m in bn.inference.bn_layers(model):
+            m.requires_grad_(False)
+
+    bn.check.train_with_frozen_bn(right)
+    for fn, message in ((children_only, "nested"), (grads_off, "requires_grad"),
+                        (lambda model: model.eval(), "dropout")):
+        with pytest.raises(CheckFailed, match=message):
+            bn.check.train_with_frozen_bn(fn)

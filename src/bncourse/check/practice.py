@@ -1,6 +1,7 @@
 """Exercise checks of Chapter 6, batch norm in practice: your own layer, the backward passes of
-batch norm for images and of layer norm, weight decay on scale-invariant weights, the variance
-shift of dropout, and a frozen batch-norm layer.
+batch norm for images and of layer norm, a convnet's folded batch norm and ReLU thresholds, weight
+decay on scale-invariant weights, the variance shift of dropout, residual branches and warmup, and
+fine-tuning with frozen batch norm.
 
 The references are PyTorch's own (``torch.nn.BatchNorm1d``, autograd through
 ``torch.nn.functional.batch_norm`` and ``layer_norm``), in float64; each check names the usual
@@ -22,11 +23,18 @@ from .core import CheckFailed, call, passed
 __all__ = [
     "batch_norm_function",
     "bn_backward_spatial",
+    "fold_bn",
     "frozen_batch_norm",
     "layer_norm_backward",
+    "linear_variance_shift",
     "my_batch_norm",
     "norm_after_step",
+    "relu_threshold",
+    "train_with_frozen_bn",
     "variance_shift",
+    "warmup_lr",
+    "weight_angle",
+    "zero_init_residual",
 ]
 
 EPS = 1e-3  # large enough that forgetting it shows
@@ -719,3 +727,294 @@ def frozen_batch_norm(cls) -> None:
             ("weight and bias are not applied", (x - rm) / (rv + EPS).sqrt()),
         ], "out = weight * (x - running_mean) / sqrt(running_var + eps) + bias, per channel (dim 1)")
     passed(name, "eval-mode output in both modes, never updated")
+
+
+# ---------------------------------------------------------------------------------------------
+# The convnet: folding batch norm into the convolution, and the ReLU threshold of a channel
+
+
+def _eval_stats(c: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(c, generator=g, dtype=torch.float64)
+    var = torch.rand(c, generator=g, dtype=torch.float64) * 3 + 0.2
+    var[0] = 1e-4                                   # a channel where eps matters
+    gamma = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    gamma[1] = -gamma[1]                            # and one with a negative gamma
+    beta = torch.randn(c, generator=g, dtype=torch.float64)
+    return mean, var, gamma, beta
+
+
+def fold_bn(fn: Callable) -> None:
+    """Check ``fn(weight, running_mean, running_var, gamma, beta, eps) -> (weight, bias)``: a
+    bias-free convolution followed by eval-mode batch norm, folded into one convolution."""
+    name = "fold_bn"
+    for seed, (c_out, c_in) in enumerate([(6, 6), (4, 3), (3, 5)]):
+        g = torch.Generator().manual_seed(seed + 50)
+        w = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64)
+        mean, var, gamma, beta = _eval_stats(c_out, seed)
+        x = torch.randn(2, c_in, 5, 5, generator=g, dtype=torch.float64)
+        what = f"a conv with {c_in} input and {c_out} output channels"
+        out = _run(fn, w.clone(), mean.clone(), var.clone(), gamma.clone(), beta.clone(), EPS,
+                   name=name, what=what)
+        if not isinstance(out, tuple | list) or len(out) != 2:
+            raise CheckFailed(f"{name}: return a pair (weight, bias), got {type(out).__name__}")
+        scale = gamma / torch.sqrt(var + EPS)
+        ref_w, ref_b = w * scale.reshape(-1, 1, 1, 1), beta - mean * scale
+        new_w = _tensor(out[0], name, ref_w, "the folded weight")
+        new_b = _tensor(out[1], name, ref_b, "the folded bias (one value per output channel)")
+        expected = torch_F.batch_norm(torch_F.conv2d(x, w, padding=1), mean, var, gamma, beta,
+                                      False, 0.0, EPS)
+        got = torch_F.conv2d(x, new_w, new_b, padding=1)
+        if _close(got, expected):
+            continue
+        s_noeps = gamma / torch.sqrt(var)
+        _first_match(name, f"the folded weight ({what})", new_w, ref_w, [
+            ("eps is missing: the scale is gamma / sqrt(running_var + eps)",
+             w * s_noeps.reshape(-1, 1, 1, 1)),
+            ("the scale divides by the variance; divide by the standard deviation sqrt(running_var + eps)",
+             w * (gamma / (var + EPS)).reshape(-1, 1, 1, 1)),
+            ("gamma is missing from the scale", w * (1 / torch.sqrt(var + EPS)).reshape(-1, 1, 1, 1)),
+            ("the scale multiplies the input channels (dim 1); batch norm scales each OUTPUT channel, "
+             "dim 0 of the weight", w * scale.reshape(1, -1, 1, 1) if c_in == c_out else None),
+        ], "weight * (gamma / sqrt(running_var + eps)), one factor per output channel (dim 0)")
+        _first_match(name, f"the folded bias ({what})", new_b, ref_b, [
+            ("the running mean is missing: bias = beta - running_mean * scale", beta),
+            ("the sign of the mean term is wrong: bias = beta - running_mean * scale", beta + mean * scale),
+            ("the mean is not scaled: bias = beta - running_mean * scale", beta - mean),
+        ], "bias = beta - running_mean * gamma / sqrt(running_var + eps)")
+        raise CheckFailed(f"{name}: the folded convolution differs from conv then batch norm ({what})")
+    passed(name, "one convolution, the same output as conv then eval-mode BN")
+
+
+def relu_threshold(fn: Callable) -> None:
+    """Check ``fn(running_mean, running_var, gamma, beta, eps) -> t``: per channel, the input value
+    at which ``relu(BN(x))`` in eval mode switches on (above ``t`` if gamma > 0, below if gamma < 0)."""
+    name = "relu_threshold"
+    for seed in range(3):
+        mean, var, gamma, beta = _eval_stats(5, seed)
+        what = f"5 channels (seed {seed})"
+        got = _tensor(_run(fn, mean.clone(), var.clone(), gamma.clone(), beta.clone(), EPS,
+                           name=name, what=what), name, mean, "the threshold")
+        std = torch.sqrt(var + EPS)
+        ref = mean - beta * std / gamma
+        _first_match(name, f"the threshold ({what})", got, ref, [
+            ("eps is missing: the layer divides by sqrt(running_var + eps)",
+             mean - beta * torch.sqrt(var) / gamma),
+            ("it uses the variance; x_hat = (x - mean) / sqrt(var + eps), so the threshold moves by "
+             "beta * sqrt(var + eps) / gamma", mean - beta * (var + EPS) / gamma),
+            ("the sign is wrong: gamma * x_hat + beta = 0 at x_hat = -beta / gamma",
+             mean + beta * std / gamma),
+            ("the running mean is missing: x = mean + std * x_hat", -beta * std / gamma),
+            ("it uses |gamma|: with a negative gamma the threshold is still where gamma * x_hat + beta "
+             "= 0, at x_hat = -beta / gamma (the unit is on below it)", mean - beta * std / gamma.abs()),
+            ("it is in normalized units (-beta / gamma); convert back to the input: "
+             "mean + sqrt(var + eps) * x_hat", -beta / gamma),
+        ], "solve gamma * (t - mean) / sqrt(var + eps) + beta = 0 for t")
+        x = ref.reshape(1, -1) + torch.tensor([[-1e-3], [1e-3]], dtype=torch.float64)
+        y = torch_F.batch_norm(x, mean, var, gamma, beta, False, 0.0, EPS)
+        if not torch.all((y[0] > 0) != (y[1] > 0)):   # the two sides of t switch, as a check of t
+            raise CheckFailed(f"{name}: relu(BN(x)) does not switch at your threshold ({what})")
+    passed(name, "relu(BN(x)) switches there, negative gamma included")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight decay: the angle between two weights
+
+
+def weight_angle(fn: Callable) -> None:
+    """Check ``fn(a, b) -> angle``: the angle in radians between two weight tensors of any shape,
+    accurate for the tiny angles of one training step, also when the weights are float32."""
+    name = "weight_angle"
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 8, generator=g, dtype=torch.float64)
+    turn = torch.randn(16, 8, generator=g, dtype=torch.float64)
+    turn -= (turn * a).sum() / (a * a).sum() * a            # orthogonal to a
+    cases = []
+    for angle in (1.0, 0.3, 1e-2, 2e-4):
+        b = 3.0 * (math.cos(angle) * a / a.norm() + math.sin(angle) * turn / turn.norm())
+        cases.append((a, b, angle, "float64"))
+    b32 = cases[-1][1].float()
+    cases.append((a.float(), b32, _exact_angle(a.float(), b32), "float32"))
+    for x, y, ref, dtype in cases:
+        what = f"{tuple(x.shape)} {dtype} weights at {ref:.1e} rad"
+        got = _scalar(_run(fn, x.clone(), y.clone(), name=name, what=what), name, f"the angle ({what})")
+        if math.isclose(got, ref, rel_tol=1e-3, abs_tol=1e-9):
+            continue
+        if math.isclose(got, math.degrees(ref), rel_tol=1e-3):
+            raise CheckFailed(f"{name}: the angle is in degrees; return radians ({what})")
+        if math.isclose(got, math.cos(ref), rel_tol=1e-3):
+            raise CheckFailed(f"{name}: this is the cosine; return the angle, acos of it ({what})")
+        if dtype == "float32" or ref < 1e-3:
+            raise CheckFailed(
+                f"{name}: wrong for a tiny angle ({what}: got {got:.3g}): the cosine of a small angle "
+                f"is 1 - angle^2 / 2, which float32 rounds to 1 and acos then loses every digit. "
+                f"Compute in float64 (a.double()), or take atan2 of the norm of b's part orthogonal "
+                f"to a and of b's part along a")
+        raise CheckFailed(f"{name}: expected {ref:.6g} rad, got {got:.6g} ({what}); flatten both "
+                          f"tensors, then angle = acos(a . b / (|a| |b|))")
+    passed(name, "radians, accurate to the tiny angles of one step")
+
+
+def _exact_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    along = torch.dot(a, b) / a.norm()
+    across = (b - torch.dot(a, b) / torch.dot(a, a) * a).norm()
+    return math.atan2(across.item(), along.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout's variance shift behind a linear layer
+
+
+def linear_variance_shift(fn: Callable) -> None:
+    """Check ``fn(w, mean, cov, p) -> ratio``: units with means ``mean`` and covariance ``cov`` go
+    through dropout (drop probability ``p``, independent masks) and then ``y = w . (m * h)`` into
+    batch norm; the ratio of y's variance at test time to its variance in training."""
+    name = "linear_variance_shift"
+    for seed, (d, p) in enumerate([(4, 0.5), (6, 0.2), (3, 0.5)]):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(d, generator=g, dtype=torch.float64)
+        mean = torch.rand(d, generator=g, dtype=torch.float64)
+        root = torch.randn(d, d, generator=g, dtype=torch.float64) * 0.3 + 0.5 * torch.eye(d)
+        cov = root @ root.T + 0.3                            # strongly correlated units
+        what = f"{d} units, p = {p}"
+        got = _scalar(_run(fn, w.clone(), mean.clone(), cov.clone(), p, name=name, what=what),
+                      name, f"the ratio ({what})")
+        second = torch.diagonal(cov) + mean**2
+        test = (w @ cov @ w).item()
+        noise = (p / (1 - p)) * (w**2 * second).sum().item()
+        ref = test / (test + noise)
+        if math.isclose(got, ref, rel_tol=1e-6):
+            continue
+        diag_test = (w**2 * torch.diagonal(cov)).sum().item()
+        mistakes = [
+            (diag_test / (diag_test + noise), "the covariances between the units are missing: the "
+             "test variance of w . h is w^T cov w, and the signal's correlations, which dropout does "
+             "not change, are what makes the shift milder behind a linear layer"),
+            (test / (test + (p / (1 - p)) * (w**2 * torch.diagonal(cov)).sum().item()),
+             "the noise ignores the means: dropout's extra variance per unit is p / (1 - p) times its "
+             "second moment var + mean^2"),
+            (test / (test + ((1 - p) / p) * (w**2 * second).sum().item()),
+             "the mask's variance is p / (1 - p), with p the probability of DROPPING"),
+            ((test + noise) / test, "the ratio is upside down: test variance over training variance"),
+        ]
+        for wrong, message in mistakes:
+            if math.isclose(got, wrong, rel_tol=1e-6):
+                raise CheckFailed(f"{name}: {message} ({what})")
+        raise CheckFailed(f"{name}: expected {ref:.6g}, got {got:.6g} ({what}); the training "
+                          f"variance is w^T cov w plus the masks' noise, sum_j w_j^2 * p / (1 - p) * "
+                          f"(var_j + mean_j^2)")
+    passed(name, "w^T cov w over itself plus the masks' noise")
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual networks: zero-gamma initialization and a learning-rate warmup
+
+
+def zero_init_residual(fn: Callable) -> None:
+    """Check ``fn(model)``: zero the gamma of the last batch norm of every residual branch of a
+    ``bn.residual.residual_mlp`` in place, and nothing else."""
+    from .. import residual
+
+    name = "zero_init_residual"
+    torch.manual_seed(0)
+    model = residual.residual_mlp(depth=3, width=8, inputs=5, classes=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)                               # nothing is 0 to begin with
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = _run(fn, model, name=name, what="the function")
+    if out is not None and out is not model:
+        raise CheckFailed(f"{name}: change the model in place (return nothing, or the same model)")
+    state = model.state_dict()
+    changed = [k for k in state if not torch.equal(state[k], before[k])]
+    wanted = [f"{i}.branch.4.weight" for i in (3, 4, 5)]
+    if sorted(changed) == sorted(wanted) and all(state[k].abs().sum() == 0 for k in wanted):
+        passed(name, "every branch's last gamma is 0, and nothing else changed")
+        return
+    touched = ", ".join(changed) or "nothing"
+    if not changed:
+        raise CheckFailed(f"{name}: the model did not change; set block.last_bn.weight (the branch's "
+                          f"second batch norm) to 0 in place, e.g. with nn.init.zeros_")
+    if any(k.endswith("branch.1.weight") for k in changed):
+        raise CheckFailed(f"{name}: it zeroes the FIRST batch norm of a branch ({touched}): the ReLU "
+                          f"after it then passes nothing, and no gradient reaches the branch, which "
+                          f"stays dead. Zero the LAST one, whose gamma still gets a gradient")
+    if "1.weight" in changed:
+        raise CheckFailed(f"{name}: it zeroes the batch norm before the blocks ({touched}), which "
+                          f"switches off the whole network; only the branches' last gamma")
+    if any(k.endswith("branch.3.weight") for k in changed):
+        raise CheckFailed(f"{name}: it zeroes the branch's last Linear weight ({touched}): batch norm "
+                          f"then normalizes a batch of zeros, and the branch's gradient passes through "
+                          f"a division by sqrt(eps). Zero the last batch norm's gamma instead")
+    if any(k.endswith(".bias") for k in changed):
+        raise CheckFailed(f"{name}: it changes a bias or beta ({touched}); only gamma (weight) is zeroed")
+    raise CheckFailed(f"{name}: expected exactly {wanted} to become 0, got changes in {touched}")
+
+
+def warmup_lr(fn: Callable) -> None:
+    """Check ``fn(step, base_lr, warmup_steps, start_lr) -> lr``: a linear warmup from ``start_lr``
+    at step 0 to ``base_lr`` at step ``warmup_steps``, then ``base_lr``."""
+    name = "warmup_lr"
+    for base, warm, start in [(1.0, 10, 0.1), (0.4, 5, 0.0), (2.0, 100, 0.25)]:
+        steps = [0, 1, warm // 2, warm - 1, warm, warm + 1, 3 * warm]
+        what = f"base_lr {base}, warmup_steps {warm}, start_lr {start}"
+        got = [_scalar(_run(fn, s, base, warm, start, name=name, what=what), name, f"the lr at step {s}")
+               for s in steps]
+        ref = [start + (base - start) * min(s, warm) / warm for s in steps]
+        if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, ref, strict=True)):
+            continue
+        if not math.isclose(got[0], start, abs_tol=1e-12):
+            raise CheckFailed(f"{name}: at step 0 the learning rate should be start_lr = {start}, got "
+                              f"{got[0]} ({what})")
+        if got[-1] > base * (1 + 1e-9):
+            raise CheckFailed(f"{name}: after the warmup the learning rate keeps growing ({got[-1]} at "
+                              f"step {steps[-1]}); it stays at base_lr = {base} ({what})")
+        if not math.isclose(got[4], base, rel_tol=1e-9):
+            raise CheckFailed(f"{name}: at step warmup_steps = {warm} the learning rate should have "
+                              f"reached base_lr = {base}, got {got[4]} (off by one step?) ({what})")
+        raise CheckFailed(f"{name}: the ramp is not linear: expected {ref}, got {got} ({what})")
+    passed(name, "linear from start_lr to base_lr, then constant")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning: training mode with the batch-norm layers held in eval mode
+
+
+def train_with_frozen_bn(fn: Callable) -> None:
+    """Check ``fn(model)``: put ``model`` in training mode except for its batch-norm layers, which
+    stay in eval mode (running statistics used, never updated), at any depth of nesting."""
+    from .. import nn as bnn
+
+    name = "train_with_frozen_bn"
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.5),
+        nn.Sequential(nn.Linear(6, 6, bias=False), bnn.BatchNorm1d(6), nn.ReLU()),
+        nn.Linear(6, 2),
+    )
+    model.eval()
+    out = _run(fn, model, name=name, what="the function")
+    if out is not None and out is not model:
+        raise CheckFailed(f"{name}: change the model in place (return nothing, or the same model)")
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | bnn.BatchNorm1d)]
+    others = [m for m in model.modules() if m not in norms]
+    if not model[3].training:
+        raise CheckFailed(f"{name}: the dropout layer is in eval mode, so it is off; only the batch-norm "
+                          f"layers should be in eval mode: call model.train() first")
+    frozen_grads = [p for m in norms for p in m.parameters() if not p.requires_grad]
+    if all(m.training for m in norms):
+        hint = (" Turning off requires_grad freezes gamma and beta, not the statistics." if frozen_grads
+                else "")
+        raise CheckFailed(f"{name}: the batch-norm layers are in training mode, so their running "
+                          f"statistics keep moving; call .eval() on each of them.{hint}")
+    if any(m.training for m in norms):
+        raise CheckFailed(f"{name}: the batch-norm layer nested inside a Sequential is still in training "
+                          f"mode; find them all with model.modules(), not model.children()")
+    if not all(m.training for m in others):
+        raise CheckFailed(f"{name}: some layers other than batch norm are in eval mode")
+    before = [m.running_mean.clone() for m in norms]
+    model(torch.randn(8, 4))
+    if not all(torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True)):
+        raise CheckFailed(f"{name}: a forward pass still moved the running statistics")
+    passed(name, "dropout on, every batch-norm layer held, nested ones too")
