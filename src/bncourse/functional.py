@@ -83,11 +83,21 @@ def check_input(x: torch.Tensor, training: bool) -> None:
             f"expected an input of shape (N, C) or (N, C, *), got {x.dim()}D input of shape "
             f"{tuple(x.shape)}"
         )
-    if training and x.numel() // x.shape[1] <= 1:
+    count = x.numel() // x.shape[1] if x.shape[1] else 0
+    if training and count <= 1:
+        why = " (x - mean is 0 whatever x is)" if count == 1 else ""
         raise ValueError(
-            "expected more than 1 value per channel when training, got input of shape "
-            f"{tuple(x.shape)} (1 value per channel: x - mean is 0 whatever x is)"
+            f"expected more than 1 value per channel when training, got {count} in the input of "
+            f"shape {tuple(x.shape)}{why}"
         )
+
+
+def check_eps(eps: float, training: bool) -> None:
+    """As PyTorch: ``eps > 0`` in training (a constant channel has variance 0), ``eps >= 0`` in eval."""
+    if training and eps <= 0:
+        raise ValueError(f"eps must be positive when training (1/sqrt(var + eps) must be finite), got {eps}")
+    if eps < 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
 
 
 def check_channel_vector(v: torch.Tensor | None, name: str, x: torch.Tensor) -> None:
@@ -200,6 +210,14 @@ def batch_norm(
     """
     from .autograd import BatchNormFunction
 
+    check_eps(eps, training)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(
+            "expected running_mean and running_var in eval mode (training=False), got None; "
+            "pass training=True to normalize with the batch statistics"
+        )
+    if isinstance(input, torch.Tensor) and input.numel() == 0:  # as PyTorch: empty out, no update
+        return input.clone() if input.dim() < 2 else affine(input, weight, bias)
     check_input(input, training)
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
         check_channel_vector(v, name, input)
@@ -209,11 +227,6 @@ def batch_norm(
         out, mean, var = BatchNormFunction.apply(input, weight, bias, eps)
         update_running_stats(running_mean, running_var, mean, var, momentum, input)
         return out
-    if running_mean is None or running_var is None:
-        raise ValueError(
-            "expected running_mean and running_var in eval mode (training=False), got None; "
-            "pass training=True to normalize with the batch statistics"
-        )
     inv_std = torch.rsqrt(running_var + eps)
     scale = inv_std if weight is None else weight * inv_std
     shift = -running_mean * scale if bias is None else bias - running_mean * scale
