@@ -198,13 +198,13 @@ def test_one_example_is_fine_in_eval_mode():
     torch.testing.assert_close(out, x)
 
 
-def test_batch_norm_has_torchs_signature():
+def test_batch_norm_has_torchs_signature_and_one_keyword_only_switch():
     import inspect
 
     ours, ref = inspect.signature(F.batch_norm), inspect.signature(TF.batch_norm)
-    assert [(p.name, p.default) for p in ours.parameters.values()] == [
-        (p.name, p.default) for p in ref.parameters.values()
-    ]
+    params = [(p.name, p.default, p.kind) for p in ours.parameters.values()]
+    assert params[:-1] == [(p.name, p.default, p.kind) for p in ref.parameters.values()]
+    assert params[-1] == ("compiled", False, inspect.Parameter.KEYWORD_ONLY)
 
 
 @pytest.mark.parametrize(("training", "eps", "match"), [

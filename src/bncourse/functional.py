@@ -7,7 +7,8 @@ These are the kernels a reader learns from: each line is one step of the paper's
 variance is taken in two passes, ``mean((x - mean)**2)``: the one-pass form ``E[x**2] - E[x]**2``
 loses every digit in float32 when the data has a large offset. :mod:`bncourse.tuned` computes the
 same values with fewer passes over memory; :func:`batch_norm` and the layers of :mod:`bncourse.nn`
-run those.
+run those, or, with ``compiled=True``, these kernels compiled by ``torch.compile``
+(:mod:`bncourse.compiled`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_backward_fused",
+    "batch_norm_eval",
     "batch_norm_forward",
 ]
 
@@ -200,6 +202,8 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Batch normalization with the signature and semantics of ``torch.nn.functional.batch_norm``.
 
@@ -207,7 +211,12 @@ def batch_norm(
     updates them in place: ``new = (1 - momentum) * old + momentum * batch`` (the variance
     unbiased). Eval mode normalizes with the running statistics. Differentiable through this
     package's own backward (:class:`bncourse.autograd.BatchNormFunction`).
+
+    ``compiled=True`` runs the kernels of this module compiled by ``torch.compile``
+    (:mod:`bncourse.compiled`): the same values, faster, after a compilation of seconds to a minute
+    the first time; where no compiler is available it warns once and runs the eager kernels.
     """
+    from . import compiled as C
     from .autograd import BatchNormFunction
 
     check_eps(eps, training)
@@ -224,13 +233,24 @@ def batch_norm(
     check_channel_vector(weight, "weight", input)
     check_channel_vector(bias, "bias", input)
     if training:
-        out, mean, var = BatchNormFunction.apply(input, weight, bias, eps)
+        train = C.batch_norm_train if compiled else BatchNormFunction.apply
+        out, mean, var = train(input, weight, bias, eps)
         update_running_stats(running_mean, running_var, mean, var, momentum, input)
         return out
+    evaluate = C.batch_norm_eval if compiled else batch_norm_eval
+    return evaluate(input, running_mean, running_var, weight, bias, eps)
+
+
+def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
+    """Eval-mode batch norm: one scale and one shift per channel, applied in one pass over ``x``.
+
+    ``gamma * (x - mean) / sqrt(var + eps) + beta = scale * x + shift`` with
+    ``scale = gamma / sqrt(var + eps)`` and ``shift = beta - mean * scale``.
+    """
     inv_std = torch.rsqrt(running_var + eps)
     scale = inv_std if weight is None else weight * inv_std
     shift = -running_mean * scale if bias is None else bias - running_mean * scale
-    return torch.addcmul(channel_view(shift, input), input, channel_view(scale, input))
+    return torch.addcmul(channel_view(shift, x), x, channel_view(scale, x))
 
 
 @torch.no_grad()
