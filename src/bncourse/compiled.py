@@ -14,10 +14,12 @@ function and input shape (a second shape compiles once more, for every size); In
 its output on disk, so a new process reuses it.
 """
 
+import contextlib
 import functools
 import os
 import shutil
 import sys
+import unittest.mock
 import warnings
 
 import torch
@@ -50,15 +52,19 @@ def _split_reduction(op, default):
     return decomposition
 
 
-@functools.cache
-def _backend():
-    from torch._inductor.compile_fx import compile_fx
+@contextlib.contextmanager
+def _split_batch_sums():
+    """Inductor lowers ``sum``/``mean`` over dim 0 of 2D tensors with :func:`batch_sum`, meanwhile.
+
+    The decompositions are put into Inductor's own table only while our kernels run (and so
+    compile): other compiled code is not touched, and Inductor's on-disk cache keeps working.
+    """
     from torch._inductor.decomposition import select_decomp_table
 
-    table = dict(select_decomp_table())
-    for op in (aten.sum.dim_IntList, aten.mean.dim):
-        table[op] = _split_reduction(op, table.get(op))
-    return functools.partial(compile_fx, decompositions=table)
+    table = select_decomp_table()
+    ours = {op: _split_reduction(op, table.get(op)) for op in (aten.sum.dim_IntList, aten.mean.dim)}
+    with unittest.mock.patch.dict(table, ours):
+        yield
 
 
 def available(device: torch.device | str = "cpu") -> str | None:
@@ -82,7 +88,7 @@ def available(device: torch.device | str = "cpu") -> str | None:
 
 @functools.cache
 def _compiled(kernel):
-    return torch.compile(kernel, backend=_backend())
+    return torch.compile(kernel)
 
 
 def _forward(x, gamma, beta, eps):
@@ -105,7 +111,8 @@ def run(kernel, eager, device, *args):
     """``kernel(*args)`` compiled, or ``eager(*args)`` with one warning where no compiler is here."""
     reason = available(device)
     if reason is None:
-        return _compiled(kernel)(*args)
+        with _split_batch_sums():
+            return _compiled(kernel)(*args)
     _warn_once(reason)
     return eager(*args)
 
