@@ -3,7 +3,7 @@
 Inductor, PyTorch's compiler, fuses each kernel into loops over memory: C++ with OpenMP on the CPU
 (it needs a C++ compiler, ``g++`` or ``clang++``), Triton on CUDA. The functions compiled are
 :func:`bncourse.functional.batch_norm_forward`, :func:`~bncourse.functional.batch_norm_backward_fused`
-and :func:`~bncourse.functional.batch_norm_eval` themselves: the same math, the same two-pass variance.
+and :func:`~bncourse.functional.scale_shift` (eval) themselves: the same math, the same two-pass variance.
 
 One thing changes, *how* a sum runs: Inductor's loop for the per-channel sum of an ``(N, C)`` tensor
 over dim 0 walks down the columns, 16 channels at a time, sweeping the whole tensor ``C / 16`` times
@@ -19,7 +19,6 @@ import functools
 import os
 import shutil
 import sys
-import unittest.mock
 import warnings
 
 import torch
@@ -62,27 +61,38 @@ def _split_batch_sums():
     from torch._inductor.decomposition import select_decomp_table
 
     table = select_decomp_table()
-    ours = {op: _split_reduction(op, table.get(op)) for op in (aten.sum.dim_IntList, aten.mean.dim)}
-    with unittest.mock.patch.dict(table, ours):
+    saved = {op: table.get(op) for op in (aten.sum.dim_IntList, aten.mean.dim)}
+    table.update({op: _split_reduction(op, default) for op, default in saved.items()})
+    try:
         yield
+    finally:
+        for op, default in saved.items():
+            if default is None:
+                del table[op]
+            else:
+                table[op] = default
 
 
 def available(device: torch.device | str = "cpu") -> str | None:
     """``None`` if ``torch.compile`` can build kernels for ``device`` here, else the reason why not."""
-    device = torch.device(device)
+    return _available(torch.device(device).type, os.environ.get("CXX"))
+
+
+@functools.cache
+def _available(device_type: str, cxx: str | None) -> str | None:
     if not torch._dynamo.is_dynamo_supported():
         return f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor}"
-    if device.type == "cpu":
-        cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    if device_type == "cpu":
+        cxx = cxx or ("clang++" if sys.platform == "darwin" else "g++")
         if shutil.which(cxx) is None:
             return f"Inductor builds C++ for the CPU and found no C++ compiler ({cxx!r} is not on PATH)"
-    elif device.type == "cuda":
+    elif device_type == "cuda":
         from torch.utils._triton import has_triton
 
         if not has_triton():
             return "Inductor writes Triton kernels for CUDA and the triton package is not installed"
     else:
-        return f"this package compiles kernels for the CPU and CUDA, not for {device.type!r}"
+        return f"this package compiles kernels for the CPU and CUDA, not for {device_type!r}"
     return None
 
 
@@ -155,6 +165,10 @@ def batch_norm_train(x, weight, bias, eps):
 
 
 def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
-    """:func:`bncourse.functional.batch_norm_eval`, compiled (one fused pass over ``x``)."""
-    return run(F.batch_norm_eval, F.batch_norm_eval, x.device, x, running_mean, running_var, weight, bias,
-               eps)
+    """:func:`bncourse.functional.batch_norm_eval` with its one pass over ``x`` compiled.
+
+    The per-channel scale and shift are computed first, eagerly: inside one fused kernel they would
+    be recomputed for every vector of ``x``.
+    """
+    scale, shift = F.eval_scale_shift(running_mean, running_var, weight, bias, eps)
+    return run(F.scale_shift, F.scale_shift, x.device, x, scale, shift)

@@ -12,6 +12,7 @@ import copy
 import torch
 from torch import nn
 
+from . import functional as F
 from . import nn as bnn
 
 __all__ = ["fold_batch_norm", "fold_model"]
@@ -37,14 +38,11 @@ def fold_batch_norm(layer: nn.Module, batch_norm: nn.Module) -> nn.Module:
         raise ValueError(f"expected a batch norm over the layer's {out_channels} output channels, "
                          f"got {type(batch_norm).__name__}({batch_norm.num_features})")
     d = torch.float64
-    scale = torch.rsqrt(batch_norm.running_var.to(d) + batch_norm.eps)
-    if batch_norm.weight is not None:
-        scale = scale * batch_norm.weight.to(d)
-    bias = layer.bias.to(d) if layer.bias is not None else torch.zeros(out_channels, dtype=d,
-                                                                       device=scale.device)
-    shift = (bias - batch_norm.running_mean.to(d)) * scale
-    if batch_norm.bias is not None:
-        shift = shift + batch_norm.bias.to(d)
+    as64 = lambda t: None if t is None else t.to(d)  # noqa: E731
+    scale, shift = F.eval_scale_shift(as64(batch_norm.running_mean), as64(batch_norm.running_var),
+                                      as64(batch_norm.weight), as64(batch_norm.bias), batch_norm.eps)
+    if layer.bias is not None:
+        shift = shift + scale * layer.bias.to(d)
     folded = copy.deepcopy(layer)
     dtype = layer.weight.dtype
     per_row = scale.reshape(-1, *([1] * (layer.weight.dim() - 1)))

@@ -242,14 +242,21 @@ def batch_norm(
 
 
 def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
-    """Eval-mode batch norm: one scale and one shift per channel, applied in one pass over ``x``.
+    """Eval-mode batch norm: one scale and one shift per channel, applied in one pass over ``x``."""
+    scale, shift = eval_scale_shift(running_mean, running_var, weight, bias, eps)
+    return scale_shift(x, scale, shift)
 
-    ``gamma * (x - mean) / sqrt(var + eps) + beta = scale * x + shift`` with
-    ``scale = gamma / sqrt(var + eps)`` and ``shift = beta - mean * scale``.
-    """
+
+def eval_scale_shift(running_mean, running_var, weight, bias, eps):
+    """``(scale, shift)`` per channel: ``gamma * (x - mean) / sqrt(var + eps) + beta = scale * x + shift``."""
     inv_std = torch.rsqrt(running_var + eps)
     scale = inv_std if weight is None else weight * inv_std
     shift = -running_mean * scale if bias is None else bias - running_mean * scale
+    return scale, shift
+
+
+def scale_shift(x, scale, shift):
+    """``scale * x + shift`` per channel, one kernel."""
     return torch.addcmul(channel_view(shift, x), x, channel_view(scale, x))
 
 
