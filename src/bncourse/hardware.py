@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["TENSOR_PASSES", "copy_bandwidth", "matmul_flops", "time_interleaved"]
+__all__ = ["TENSOR_PASSES", "copy_bandwidth", "kernel_step", "matmul_flops", "saved_bytes",
+           "time_interleaved"]
 
 # How many input-sized tensors each mode must move at least: every tensor crosses memory once.
 # train forward reads x and writes y; the backward reads dy and x and writes dx; eval reads x, writes y.
@@ -51,3 +52,36 @@ def matmul_flops(n: int = 1024, device: torch.device | str = "cpu", reps: int = 
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     seconds = time_interleaved({"mm": lambda: a @ b}, reps=reps, device=device)["mm"]
     return 2 * n**3 / seconds / 1e9
+
+
+def kernel_step(kernels, inputs: dict) -> Callable[[], object]:
+    """One training-mode forward and backward of a kernel module's value kernels (no autograd).
+
+    ``kernels`` is :mod:`bncourse.functional` (readable) or :mod:`bncourse.tuned`; ``inputs`` is
+    :func:`bncourse.bench.make_inputs`'s dict.
+    """
+    x, dy, w, b = (inputs[k].detach() for k in ("x", "dy", "weight", "bias"))
+
+    def step():
+        _, cache = kernels.batch_norm_forward(x, w, b)
+        return kernels.batch_norm_backward_fused(dy, cache)
+
+    return step
+
+
+def saved_bytes(fn: Callable[..., object], *args) -> int:
+    """Bytes autograd keeps for the backward of ``fn(*args)``, beyond the arguments themselves.
+
+    Every tensor saved for the backward passes through a hook; each storage is counted once, and the
+    storages of ``args`` (which exist anyway) not at all.
+    """
+    given = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+    kept = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(n for ptr, n in kept.items() if ptr not in given)
