@@ -4,6 +4,7 @@ Timings are medians of interleaved runs: the contenders alternate, so a clock th
 neighbour that wakes up hurts them alike.
 """
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -85,3 +86,16 @@ def saved_bytes(fn: Callable[..., object], *args) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn(*args)
     return sum(n for ptr, n in kept.items() if ptr not in given)
+
+
+def loop_nest(code: str) -> list[str]:
+    """The ``for`` loops of Inductor's C++ code, as short Python-like lines indented by depth."""
+    loops = []
+    for line in code.splitlines():
+        m = re.match(r"(\s*)for\s*\(int64_t (\w+)=.*?\((-?\d+)L?\);.*?<.*?\((\d+)L?\);.*?\+=.*?\((\d+)L?\)\)",
+                     line)
+        if m:
+            indent, var, start, stop, step = m.groups()
+            loops.append((len(indent), f"for {var} in range({start}, {stop}, {step})"))
+    levels = sorted({depth for depth, _ in loops})
+    return ["    " * levels.index(depth) + loop for depth, loop in loops]
