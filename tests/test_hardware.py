@@ -37,6 +37,6 @@ def test_loop_nest_reads_inductors_loops():
     code = """
     for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(256L); x0+=static_cast<int64_t>(16L))
     {
-            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8192L); x1+=static_cast<int64_t>(1L))
+        for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8192L); x1+=static_cast<int64_t>(1L))
     """
     assert hardware.loop_nest(code) == ["for x0 in range(0, 256, 16)", "    for x1 in range(0, 8192, 1)"]
