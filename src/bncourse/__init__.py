@@ -5,6 +5,7 @@ Importing it applies the book's matplotlib style.
 
 from . import (
     autograd,
+    bench,
     benefits,
     check,
     compiled,
