@@ -25,7 +25,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["available", "batch_norm_eval", "batch_norm_train", "batch_sum"]
+__all__ = ["available", "batch_norm_eval", "batch_norm_train", "batch_sum", "compile_kernel"]
 
 aten = torch.ops.aten
 BLOCK_ELEMENTS = 1 << 14  # a block of rows of batch_sum: 64 KiB of float32, which stays in cache
@@ -96,9 +96,18 @@ def _available(device_type: str, cxx: str | None) -> str | None:
     return None
 
 
-@functools.cache
-def _compiled(kernel):
-    return torch.compile(kernel)
+def compile_kernel(fn):
+    """``torch.compile(fn)`` as this module compiles its kernels (a stated C++ vector width)."""
+    # The vector width of the C++ code, stated: Inductor's disk cache does not tell apart code written
+    # for AVX-512 from code for AVX2 (ATEN_CPU_CAPABILITY=avx2), and reusing one under the other skips
+    # half the channels. A stated width is part of the cache key.
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    return torch.compile(fn, options={"cpp.simdlen": isa.bit_width() if isa else 1})
+
+
+_compiled = functools.cache(compile_kernel)
 
 
 def _forward(x, gamma, beta, eps):
