@@ -5,13 +5,17 @@ Importing it applies the book's matplotlib style.
 
 from . import (
     autograd,
+    bench,
     benefits,
     check,
+    compiled,
     data,
     diagram,
     experiments,
     flow,
+    fold,
     functional,
+    hardware,
     inference,
     landscape,
     models,
