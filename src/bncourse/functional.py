@@ -115,13 +115,17 @@ def check_channel_vector(v: torch.Tensor | None, name: str, x: torch.Tensor) -> 
 
 @torch.no_grad()
 def batch_norm_forward(
-    x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float = 1e-5
+    x: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    eps: float = 1e-5,
 ) -> tuple[torch.Tensor, BatchNormCache]:
     """Training-mode forward: normalize with the batch statistics, then scale and shift.
 
-    ``x`` has shape ``(N, C)`` or ``(N, C, *)``; ``gamma`` and ``beta`` have shape ``(C,)`` (``None``
-    means 1 and 0). Returns ``(out, cache)``. Like the backward kernels it computes values only (no
-    autograd graph): :func:`batch_norm` is the differentiable version.
+    ``x`` has shape ``(N, C)`` or ``(N, C, *)``; ``gamma`` and ``beta`` have shape
+    ``(C,)`` (``None`` means 1 and 0). Returns ``(out, cache)``. Like the backward
+    kernels it computes values only (no autograd graph): :func:`batch_norm` is the
+    differentiable version.
     """
     check_input(x, training=True)
     check_channel_vector(gamma, "gamma", x)
@@ -152,8 +156,9 @@ def batch_norm_backward(dout: torch.Tensor, cache: BatchNormCache):
     """Backward pass, staged: back through each node of the forward graph in turn.
 
     The graph is ``mu = mean(x)``, ``x_mu = x - mu``, ``var = mean(x_mu**2)``,
-    ``inv_std = 1/sqrt(var + eps)``, ``x_hat = x_mu * inv_std``, ``out = gamma * x_hat + beta``.
-    Returns ``(dx, dgamma, dbeta)``. Slower than :func:`batch_norm_backward_fused`; written to be read.
+    ``inv_std = 1/sqrt(var + eps)``, ``x_hat = x_mu * inv_std``,
+    ``out = gamma * x_hat + beta``. Returns ``(dx, dgamma, dbeta)``. Slower than
+    :func:`batch_norm_backward_fused`; written to be read.
     """
     x_mu, m, dims = cache.x_mu, cache.count, cache.dims
     view = lambda v: channel_view(v, x_mu)  # noqa: E731
@@ -189,7 +194,8 @@ def batch_norm_backward_fused(dout: torch.Tensor, cache: BatchNormCache):
     x_hat = cache.x_hat
     dbeta = dout.sum(dims)
     dgamma = (dout * x_hat).sum(dims)
-    dx = view(gamma * cache.inv_std / m) * (m * dout - view(dbeta) - x_hat * view(dgamma))
+    scale = gamma * cache.inv_std / m
+    dx = view(scale) * (m * dout - view(dbeta) - x_hat * view(dgamma))
     return dx, dgamma, dbeta
 
 
