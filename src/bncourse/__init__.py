@@ -18,6 +18,7 @@ from . import (
     nn,
     plot,
     scaling,
+    shift,
     testing,
     train,
     tuned,
