@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bncourse import models, shift
+from bncourse import benefits, models, shift
 from bncourse import nn as bnn
 from bncourse.data import Split
 from bncourse.train import train
@@ -173,12 +173,22 @@ def test_gradient_shift_for_a_small_step_is_the_hessian_block_times_the_step():
     assert math.isclose(l2.item(), change.norm().item(), rel_tol=1e-4)
 
 
-def test_gradient_shift_restores_modes_and_drift_and_checks_its_input():
-    model = shift.drifting_mlp([6, 5, 4, 3], "relu", period=5).eval()
+def test_gradient_shift_holds_injected_noise_fixed_and_restores_the_model():
     x, y = torch.randn(10, 6), torch.randint(3, (10,))
-    shift.gradient_shift(model, x, y, lr=0.1)
-    assert not model.training and all(m.step == 0 for m in model
-                                      if isinstance(m, shift.DriftingBatchNorm1d))
+    for noisy in (benefits.noisy_mlp([6, 5, 4, 3], "relu", shift=2.0, max_scale=3.0),
+                  shift.drifting_mlp([6, 5, 4, 3], "relu", period=2)):
+        noisy.eval()
+        state = torch.get_rng_state()
+        l2, cos, _ = shift.gradient_shift(noisy, x, y, lr=1e-9)
+        assert (l2 < 1e-6).all() and (cos > 1 - 1e-6).all()  # no step, no change: same noise
+        assert torch.equal(torch.get_rng_state(), state)  # the training's random stream untouched
+        assert not noisy.training
+    assert all(m.step == 0 for m in noisy if isinstance(m, shift.DriftingBatchNorm1d))
+
+
+def test_gradient_shift_checks_its_input():
+    model = models.mlp([6, 5, 4, 3])
+    x, y = torch.randn(10, 6), torch.randint(3, (10,))
     with pytest.raises(ValueError, match="two nn.Linear"):
         shift.gradient_shift(nn.Sequential(nn.Linear(6, 3)), x, y, lr=0.1)
     with pytest.raises(ValueError, match="learning rate"):

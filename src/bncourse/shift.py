@@ -41,7 +41,7 @@ class DriftingBatchNorm1d(bnn.BatchNorm1d):
 
     The noise moves one step per training-mode forward with gradients on (one per SGD step);
     forward passes under ``torch.no_grad()`` or in eval mode see the current noise and do not move
-    it (nor does :func:`gradient_shift`). Eval mode applies the current noise: a slow drift is part
+    it (nor do :func:`gradient_shift`'s passes). Eval mode applies the current noise: a slow drift is part
     of the network's state at that step.
     """
 
@@ -119,7 +119,9 @@ def gradient_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     earlier layers, with their biases and batch-norm parameters) has taken its SGD step
     ``p - lr * grad``. Returns ``(l2, cosine, norm)`` per layer: ``||G - G'||``, the cosine between
     ``G`` and ``G'`` (1 is no shift) and ``||G||``. Cross-entropy loss, training-mode forward (batch
-    statistics); ``model`` is left unchanged.
+    statistics). Injected noise is the same in every forward pass (the random stream is reseeded
+    for each, and drift does not advance), so only the earlier layers' step changes ``G``; the
+    model and the global random stream are left as they were.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -134,13 +136,21 @@ def gradient_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     was_training = model.training
     model.train()
 
+    drift_steps = {m: m.step for m in model.modules() if isinstance(m, DriftingBatchNorm1d)}
+    with torch.random.fork_rng():
+        seed = int(torch.randint(2**62, ()))
+
     def grads(theta: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         theta = {n: p.clone().requires_grad_() for n, p in theta.items()}
         buffers = {n: b.clone() for n, b in model.named_buffers()}  # running stats stay as they are
-        loss = nn.functional.cross_entropy(functional_call(model, {**theta, **buffers}, (x,)), y)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the same injected noise in every pass
+            out = functional_call(model, {**theta, **buffers}, (x,))
+        for m, step in drift_steps.items():
+            m.step = step
+        loss = nn.functional.cross_entropy(out, y)
         return list(torch.autograd.grad(loss, list(theta.values())))
 
-    drift_steps = {m: m.step for m in model.modules() if isinstance(m, DriftingBatchNorm1d)}
     try:
         g = grads(params)
         l2, cos, norm = [], [], []
@@ -153,8 +163,6 @@ def gradient_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             norm.append(before.norm())
     finally:
         model.train(was_training)
-        for m, step in drift_steps.items():
-            m.step = step
     return tuple(torch.stack(t).detach().cpu() for t in (l2, cos, norm))
 
 
