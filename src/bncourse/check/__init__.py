@@ -10,3 +10,4 @@ from .flow import *  # noqa: F403
 from .inference import *  # noqa: F403
 from .problem import *  # noqa: F403
 from .scaling import *  # noqa: F403
+from .shift import *  # noqa: F403
