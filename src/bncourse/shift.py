@@ -119,9 +119,9 @@ def gradient_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     earlier layers, with their biases and batch-norm parameters) has taken its SGD step
     ``p - lr * grad``. Returns ``(l2, cosine, norm)`` per layer: ``||G - G'||``, the cosine between
     ``G`` and ``G'`` (1 is no shift) and ``||G||``. Cross-entropy loss, training-mode forward (batch
-    statistics). Injected noise is the same in every forward pass (the random stream is reseeded
-    for each, and drift does not advance), so only the earlier layers' step changes ``G``; the
-    model and the global random stream are left as they were.
+    statistics). Injected noise is the same in every forward pass (each starts from the same
+    state of the CPU or CUDA random stream, and drift does not advance), so only the earlier
+    layers' step changes ``G``; the model and the random streams are left as they were.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -137,14 +137,16 @@ def gradient_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     model.train()
 
     drift_steps = {m: m.step for m in model.modules() if isinstance(m, DriftingBatchNorm1d)}
-    with torch.random.fork_rng():
-        seed = int(torch.randint(2**62, ()))
+    cuda = [x.device] if x.device.type == "cuda" else []
+    states = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
 
     def grads(theta: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         theta = {n: p.clone().requires_grad_() for n, p in theta.items()}
         buffers = {n: b.clone() for n, b in model.named_buffers()}  # running stats stay as they are
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)  # the same injected noise in every pass
+        with torch.random.fork_rng(devices=cuda):  # the same injected noise in every pass
+            torch.set_rng_state(states[0])
+            for d, state in zip(cuda, states[1], strict=True):
+                torch.cuda.set_rng_state(state, d)
             out = functional_call(model, {**theta, **buffers}, (x,))
         for m, step in drift_steps.items():
             m.step = step
