@@ -22,6 +22,7 @@ from . import (
     nn,
     plot,
     scaling,
+    shift,
     testing,
     train,
     tuned,

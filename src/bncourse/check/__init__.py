@@ -11,3 +11,4 @@ from .hardware import *  # noqa: F403
 from .inference import *  # noqa: F403
 from .problem import *  # noqa: F403
 from .scaling import *  # noqa: F403
+from .shift import *  # noqa: F403
