@@ -207,3 +207,15 @@ def test_first_code_cell_installs_the_package_on_colab(path):
         f"{path.name} cell {i}: the first code cell must be the Colab install cell, verbatim "
         f"(repository.url from _config.yml):\n{expected}")
     assert "remove-cell" in _tags(first), f"{path.name} cell {i}: tag the Colab install cell remove-cell"
+
+
+def test_binder_pins_match_the_requirements():
+    """binder/requirements.txt installs what the notebooks need at the versions the book was run with."""
+    def pins(path):
+        lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+        return dict(line.split("==") for line in lines if "==" in line)
+
+    ours, binder = pins(ROOT / "requirements.txt"), pins(ROOT / "binder" / "requirements.txt")
+    assert binder.pop("torch") == ours["torch"] + "+cpu", "Binder needs the CPU build of torch, same version"
+    differ = {name: (v, ours.get(name)) for name, v in binder.items() if ours.get(name) != v}
+    assert not differ, f"binder/requirements.txt pins differ from requirements.txt (binder, ours): {differ}"
