@@ -79,9 +79,11 @@ MEASURE = """() => {
       first_line: e.innerText.trim().split("\\n")[0].slice(0, 70),
       widest: Math.max(...e.innerText.split("\\n").map(l => l.length)),
       scroll: e.scrollWidth, client: e.clientWidth})),
-    images: [...document.querySelectorAll("main img")].map(e => ({
+    images: [...document.querySelectorAll("main img")].map((e, i) => ({
       src: e.currentSrc, alt: e.getAttribute("alt"), natural: e.naturalWidth,
-      shown: e.getBoundingClientRect().width, figure: !!e.closest(".cell_output")})),
+      shown: e.getBoundingClientRect().width, figure: !!e.closest(".cell_output"),
+      name: `image ${i + 1} (${(e.closest("figure")?.querySelector("figcaption")?.innerText
+                               || "no caption").slice(0, 40)})`})),
     links: [...document.querySelectorAll("a[href]")].map(a => a.href),
     ids: [...document.querySelectorAll("[id], a[name]")].map(e => e.id || e.name),
   };
@@ -174,26 +176,26 @@ def book():
     return {"origin": origin, "pages": seen, "external": external}
 
 
-def _report(found: dict, what: str) -> str:
+def _fail_if(found: dict, what: str) -> None:
+    """Fail listing every problem, page by page, if there is any."""
     lines = [f"{page}: {item}" for page, items in found.items() for item in items]
-    return f"{len(lines)} {what}:\n  " + "\n  ".join(lines[:60])
+    if lines:
+        pytest.fail(f"{len(lines)} {what}:\n  " + "\n  ".join(lines[:60]), pytrace=False)
 
 
 def test_no_console_errors(book):
     found = {p: log["console"] for p, log in book["pages"].items() if log.get("console")}
-    assert not found, _report(found, "console errors (open the page's browser console to see them)")
+    _fail_if(found, "console errors (open the page's browser console to see them)")
 
 
 def test_no_failed_local_requests(book):
     found = {p: log["failed"] for p, log in book["pages"].items() if log.get("failed")}
-    assert not found, _report(found, "local requests failed: a file the page needs is missing")
+    _fail_if(found, "local requests failed: a file the page needs is missing")
 
 
 def test_reads_offline(book):
-    external = sorted(set(book["external"]))
-    assert not external, (
-        f"pages requested {len(external)} URLs outside the book (blocked here; offline they fail); "
-        "serve these from the book itself:\n  " + "\n  ".join(external))
+    _fail_if({"the pages": sorted(set(book["external"]))},
+             "requests to URLs outside the book (blocked here, as offline): serve them from the book")
 
 
 def test_math_is_rendered(book):
@@ -205,26 +207,23 @@ def test_math_is_rendered(book):
             found[page].append(f"{log['math_errors']} formulas MathJax could not typeset")
         if RAW_MATH.search(log.get("title", "")) or "$" in log.get("title", ""):
             found[page].append(f"math in the page title {log['title']!r}: use plain text in headings")
-    found = {p: items for p, items in found.items() if items}
-    assert not found, _report(found, "pages with unrendered math")
+    _fail_if(found, "pages with unrendered math")
 
 
 def test_code_and_outputs_fit_the_column(book):
     found = {p: [f"a block {b['widest']} characters wide scrolls ({b['scroll']} > {b['client']} px), "
                  f"starting {b['first_line']!r}" for b in log.get("overflowing", [])]
              for p, log in book["pages"].items()}
-    found = {p: items for p, items in found.items() if items}
-    assert not found, _report(found, "code or output blocks wider than the column at 1280 px "
-                                     "(keep code and printed lines to 88 characters)")
+    _fail_if(found, "code or output blocks wider than the column at 1280 px "
+                    "(keep code and printed lines to 88 characters)")
 
 
 def test_images_have_alt_text(book):
-    found = {p: [f"{Path(urlparse(i['src']).path).name}: alt {i['alt']!r}" for i in log.get("images", [])
+    found = {p: [f"{i['name']}: alt {i['alt']!r}" for i in log.get("images", [])
                  if not (i["alt"] or "").strip() or PATH_LIKE.search(i["alt"].strip())]
              for p, log in book["pages"].items()}
-    found = {p: items for p, items in found.items() if items}
-    assert not found, _report(found, "images without a real alt text (set the figure cell's "
-                                     "mystnb.image.alt to a sentence saying what it shows)")
+    _fail_if(found, "images without a real alt text (set the figure cell's "
+                    "mystnb.image.alt to a sentence saying what it shows)")
 
 
 def test_internal_links_resolve(book):
@@ -241,7 +240,7 @@ def test_internal_links_resolve(book):
                 found.setdefault(page, []).append(f"{href}: no such file")
             elif fragment and path in pages and fragment not in pages[path].get("ids", ()):
                 found.setdefault(page, []).append(f"{href}: no #{fragment} on {path}")
-    assert not found, _report(found, "broken internal links")
+    _fail_if(found, "broken internal links")
 
 
 def test_search_finds_momentum(book):
@@ -257,11 +256,11 @@ def test_figures_are_legible(book):
             file = HTML / unquote(urlparse(image["src"]).path.lstrip("/"))
             dpi = 96 if file.suffix == ".svg" else _png_dpi(file)
             if dpi is None:
-                found.setdefault(page, []).append(f"{file.name}: no resolution recorded (use bn.plot)")
+                found.setdefault(page, []).append(f"{image['name']}: no resolution recorded (use bn.plot)")
                 continue
             px = min_pt / 72 * dpi * image["shown"] / image["natural"]
             if px < MIN_TEXT_PX:
                 found.setdefault(page, []).append(
-                    f"{file.name}: {min_pt:g} pt text shows at {px:.1f} px ({image['natural']} px wide "
+                    f"{image['name']}: {min_pt:g} pt text shows at {px:.1f} px ({image['natural']} px wide "
                     f"at {dpi:.0f} dpi, shown {image['shown']:.0f} px wide): fewer panels side by side")
-    assert not found, _report(found, f"figures whose smallest text shows below {MIN_TEXT_PX} px at 1280 px")
+    _fail_if(found, f"figures whose smallest text shows below {MIN_TEXT_PX} px at 1280 px")

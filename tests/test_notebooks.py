@@ -67,8 +67,9 @@ def _tags(cell) -> set:
 
 
 def _fail(path, problems: list, what: str) -> None:
-    listing = "\n  ".join(f"{path.name} cell {i}: {p}" for i, p in problems[:40])
-    assert not problems, f"{len(problems)} {what}:\n  {listing}"
+    if problems:
+        listing = "\n  ".join(f"{path.name} cell {i}: {p}" for i, p in problems[:40])
+        pytest.fail(f"{len(problems)} {what}:\n  {listing}", pytrace=False)
 
 
 def _checks_and_plots(source: str) -> tuple[int, int]:
