@@ -36,8 +36,10 @@ test: lint unit book-check browser book-student
 lint: $(STAMP)
 	$(BIN)/ruff check src tests book
 
+# Two workers (CI has two cores; each notebook runs on one thread); a notebook stays on one worker,
+# since nbval runs its cells in order in one kernel.
 unit: $(STAMP)
-	$(BIN)/pytest --ignore=tests/test_browser.py
+	$(BIN)/pytest -n 2 --dist loadfile --ignore=tests/test_browser.py
 
 # The notebooks were just executed by pytest (nbval); this build renders their stored outputs and
 # fails on any warning. `make book` executes them again while building.
