@@ -84,6 +84,9 @@ MEASURE = """() => {
       shown: e.getBoundingClientRect().width, figure: !!e.closest(".cell_output"),
       name: `image ${i + 1} (${(e.closest("figure")?.querySelector("figcaption")?.innerText
                                || "no caption").slice(0, 40)})`})),
+    unmarked_chinese: [...document.querySelectorAll("main *")].flatMap(e => [...e.childNodes])
+      .filter(n => n.nodeType === Node.TEXT_NODE && /[\u3400-\u9fff]/.test(n.textContent)
+              && !n.parentElement.closest('[lang^="zh"]')).map(n => n.textContent.trim().slice(0, 40)),
     links: [...document.querySelectorAll("a[href]")].map(a => a.href),
     ids: [...document.querySelectorAll("[id], a[name]")].map(e => e.id || e.name),
   };
@@ -224,6 +227,12 @@ def test_images_have_alt_text(book):
              for p, log in book["pages"].items()}
     _fail_if(found, "images without a real alt text (set the figure cell's "
                     "mystnb.image.alt to a sentence saying what it shows)")
+
+
+def test_chinese_is_marked_as_chinese(book):
+    """The page is English: unmarked Han characters get Japanese glyphs from the CJK fonts."""
+    found = {p: [f"{t!r}" for t in log.get("unmarked_chinese", [])] for p, log in book["pages"].items()}
+    _fail_if(found, 'Chinese terms not marked as Chinese (write <span lang="zh-Hans">...</span>)')
 
 
 def test_internal_links_resolve(book):
