@@ -66,7 +66,7 @@ def _min_font_pt() -> float:
 
 
 # Runs in the page: what the checks need, measured on the page as displayed.
-MEASURE = """() => {
+MEASURE = r"""() => {
   const visible = e => e.checkVisibility({visibilityProperty: true});  // folded: not shown
   const text = document.body.cloneNode(true);
   text.querySelectorAll("pre, code, script, style, mjx-container, .MathJax").forEach(e => e.remove());
@@ -76,17 +76,19 @@ MEASURE = """() => {
     text: text.textContent,
     math_errors: document.querySelectorAll("mjx-merror").length,
     overflowing: blocks.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => ({
-      first_line: e.innerText.trim().split("\\n")[0].slice(0, 70),
-      widest: Math.max(...e.innerText.split("\\n").map(l => l.length)),
+      first_line: e.innerText.trim().split("\n")[0].slice(0, 70),
+      widest: Math.max(...e.innerText.split("\n").map(l => l.length)),
       scroll: e.scrollWidth, client: e.clientWidth})),
-    images: [...document.querySelectorAll("main img")].map((e, i) => ({
+    images: [...document.querySelectorAll("article.bd-article img")].map((e, i) => ({
       src: e.currentSrc, alt: e.getAttribute("alt"), natural: e.naturalWidth,
       shown: e.getBoundingClientRect().width, figure: !!e.closest(".cell_output"),
       name: `image ${i + 1} (${(e.closest("figure")?.querySelector("figcaption")?.innerText
                                || "no caption").slice(0, 40)})`})),
     unmarked_chinese: [...document.querySelectorAll("main *")].flatMap(e => [...e.childNodes])
       .filter(n => n.nodeType === Node.TEXT_NODE && /[\u3400-\u9fff]/.test(n.textContent)
-              && !n.parentElement.closest('[lang^="zh"]')).map(n => n.textContent.trim().slice(0, 40)),
+              && !n.parentElement.closest('[lang^="zh"]'))
+      .map(n => n.textContent.slice(Math.max(0, n.textContent.search(/[\u3400-\u9fff]/) - 15))
+                .slice(0, 40).replace(/\s+/g, " ")),
     links: [...document.querySelectorAll("a[href]")].map(a => a.href),
     ids: [...document.querySelectorAll("[id], a[name]")].map(e => e.id || e.name),
   };
