@@ -38,14 +38,15 @@ def student_book(args) -> int:
     config["html"] = {**config.get("html", {}), "use_repository_button": False,
                       "use_issues_button": False, "use_edit_page_button": False}
     sphinx = config.setdefault("sphinx", {}).setdefault("config", {})
-    sphinx.update({"html_copy_source": False, "html_show_sourcelink": False,
-                   "html_theme_options": {"use_download_button": False}})
+    sphinx.update({"html_copy_source": False, "html_show_sourcelink": False})
+    sphinx.setdefault("html_theme_options", {})["use_download_button"] = False
     (out / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     for part in toc.get("parts", []):
         part["chapters"] = [c for c in part["chapters"] if c.get("file") not in INSTRUCTOR_PAGES]
     (out / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False, allow_unicode=True))
     shutil.copy(root / "references.bib", out / "references.bib")
+    shutil.copytree(root / "_static", out / "_static")  # the book's CSS
     for page in (root / "book").glob("*.md"):
         if f"book/{page.stem}" not in INSTRUCTOR_PAGES:
             shutil.copy(page, out / "book" / page.name)
