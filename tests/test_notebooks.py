@@ -162,6 +162,9 @@ def test_figures_have_a_caption_and_alt_text(path):
         alt = meta.get("image", {}).get("alt", "").strip()
         if len(figures) > 1:
             problems.append((i, f"{len(figures)} figures: one figure per cell"))
+        if len(cell["outputs"]) > len(figures):
+            problems.append((i, "outputs beside the figure (each gets the figure's caption and name): "
+                                "end the cell with plt.show() and print elsewhere"))
         if not caption:
             problems.append((i, "no caption: set mystnb.figure.caption to the figure's point"))
         if not name.startswith("fig-"):
