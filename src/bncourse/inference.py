@@ -615,17 +615,18 @@ def train_many(sizes: Sequence[int], norm: str | None, data, lrs: Sequence[float
                    torch.cat([m[j].running_var for m in models]))
                for j, mod in enumerate(modules) if isinstance(mod, BATCH_NORMS)}
     flat = [p for group in params.values() for p in group.values()]
-    rate = torch.tensor([lr for lr, _ in keys], dtype=x.dtype, device=x.device)
-    rates = [rate.reshape(-1, *[1] * (p.dim() - 1)) for p in flat]
+    rate = torch.tensor([-lr for lr, _ in keys], dtype=x.dtype, device=x.device)
+    rates = [rate.reshape(-1, *[1] * (p.dim() - 1)).expand_as(p).contiguous() for p in flat]
+    # (steps, batch, K): network l * len(seeds) + s sees the batches of seed s
     order = _batch_order(x.shape[0], seeds, steps, batch_size, x.device)
-    for step in range(steps):
-        idx = order[step].T.repeat(1, len(lrs))  # (batch, K)
+    order = order.transpose(1, 2).repeat(1, 1, len(lrs))
+    for idx in order:
         logits = _stacked_forward(modules, params, buffers, x[idx])
         losses = nn.functional.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none")
         grads = torch.autograd.grad(losses.reshape(idx.shape).mean(0).sum(), flat)
         with torch.no_grad():
             for p, g, r in zip(flat, grads, rates, strict=True):
-                p.sub_(r * g)
+                p.addcmul_(g, r)  # p += (-lr) * grad: SGD
     with torch.no_grad():
         for i, model in enumerate(models):
             for j, group in params.items():
