@@ -175,10 +175,10 @@ def submission(source_nb, cases: list[Case]) -> dict:
     return nbformat.from_dict(nb)
 
 
-def write_submissions(submitted: Path, sources: dict[str, dict]) -> None:
-    """Write every student's notebooks into nbgrader's ``submitted/STUDENT/ASSIGNMENT`` folder."""
+def write_submissions(submitted: Path, assignment: str, sources: dict[str, dict]) -> None:
+    """Write every student's notebooks into nbgrader's ``submitted/STUDENT/ASSIGNMENT`` folders."""
     for student, notebooks in SUBMISSIONS.items():
         for name, cases in notebooks.items():
-            path = submitted / student / "ps" / f"{name}.ipynb"
+            path = submitted / student / assignment / f"{name}.ipynb"
             path.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(submission(sources[name], cases), path)
