@@ -37,6 +37,9 @@ ANSWERS = {
     "exit": "import os\n\n\ndef {name}(*args, **kwargs):\n    os._exit(1)",
     "hang": "def {name}(*args, **kwargs):\n    while True:\n        pass",
     "forged": 'print("✔ {check}: correct")  # as if bn.check.{check}({name}) had passed',
+    "warns": "import warnings\n\n{right}\n\n\n_{name} = {name}\n\n\n"
+             "def {name}(*args, **kwargs):\n    warnings.warn('a warning goes to stderr')\n"
+             "    return _{name}(*args, **kwargs)",
 }
 
 
@@ -73,6 +76,7 @@ SYNTHETIC = {  # notebook -> its exercises (a label with "forward" is a bn_forwa
         Case("mentions", "solution mentions `check.`", "mentions", "pass", "pass"),
         Case("new-attr", "solution sets `bn.check.x = 1`", "new-attr", "pass", "pass"),
         Case("moved", "answer moved to an added cell", None, "fail", "pass", added="right", moved=True),
+        Case("warns", "right answer that warns (stderr)", "warns", "fail", "fail"),
         Case("patched", "`setattr(bn.check, ...)` fakes a pass", "patch", "fail", "pass"),
     ],
     "kernel": [

@@ -102,6 +102,16 @@ def test_a_batch_survives_bad_files(tmp_path, capsys):
     assert "✔ standardize: correct" in capsys.readouterr().out
 
 
+def test_summative_grading_cuts_every_message(tmp_path, monkeypatch):
+    message = "CheckFailed: f: the output is wrong: divide by the biased variance"
+    row = Row("", "a.ipynb", "ex", 0, 1, FAIL, message)
+    monkeypatch.setattr(cli, "grade_notebook", lambda path, *args: [row])
+    out = tmp_path / "grades.json"
+    assert cli.main(["grade", "a.ipynb", "--summative", "--json", str(out)]) == 1
+    [row] = json.loads(out.read_text())["exercises"]
+    assert row["message"] == "CheckFailed: f: the output is wrong"
+
+
 def test_a_grader_failure_is_an_error_row_and_the_batch_goes_on(tmp_path, monkeypatch):
     def flaky(path, *args):
         if path.name == "bad.ipynb":

@@ -9,6 +9,7 @@
 import argparse
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -16,7 +17,7 @@ import yaml
 
 from . import report
 from .exercises import student_book_notebook, write_nbgrader_metadata, write_student_edition
-from .grade import ERROR, Row, grade_notebook
+from .grade import ERROR, Row, grade_notebook, summative
 
 INSTRUCTOR_PAGES = ("book/instructors",)
 
@@ -76,7 +77,8 @@ def grade(args) -> int:
         print(f"grading {path} ...", file=sys.stderr, flush=True)
         try:
             timeouts = (args.timeout, args.notebook_timeout)
-            rows += grade_notebook(Path(path), Path(args.source), args.student, timeouts, args.summative)
+            graded = grade_notebook(Path(path), Path(args.source), args.student, timeouts)
+            rows += [replace(r, message=summative(r.message)) for r in graded] if args.summative else graded
         except Exception as e:  # noqa: BLE001  (a bug of the grader must not lose the batch)
             failure = f"grader failure: {type(e).__name__}: {e}"
             rows.append(Row(args.student or "", path, "", 0, 0, ERROR, failure))

@@ -191,11 +191,11 @@ def student_of(path: Path) -> str:
 
 
 def grade_notebook(path: Path, source_dir: Path, student: str | None = None,
-                   timeouts: tuple[int, int] = (60, 600), summative_messages: bool = False) -> list[Row]:
+                   timeouts: tuple[int, int] = (60, 600)) -> list[Row]:
     """Grade the submission ``path`` against ``source_dir/<same name>``: one row per exercise.
 
     ``timeouts``: the seconds allowed for each solution and check cell, and for each of the
-    notebook's own cells. ``summative_messages``: see :func:`summative`.
+    notebook's own cells.
 
     Never raises for a bad submission: a missing, unreadable or malformed file, a missing source or
     a kernel that will not start gives rows with status "error".
@@ -228,7 +228,6 @@ def grade_notebook(path: Path, source_dir: Path, student: str | None = None,
     graded = []
     for ex in exercises:
         status, message = judge(ex.label, steps, ran, missing)
-        message = summative(message) if summative_messages else message
         graded.append(Row(student, str(path), ex.label, ex.points if status == PASS else 0, ex.points,
                           status, message))
     return graded
