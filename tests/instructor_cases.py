@@ -28,6 +28,7 @@ BN_FORWARD = """def bn_forward(x, gamma, beta, eps=1e-5):
 # A student's answer, by kind; {name} is the exercise's function, {check} its check.
 ANSWERS = {
     "wrong": "def {name}(*args, **kwargs):\n    return None",
+    "broken": "def {name}(*args, **kwargs):\n    return (",
     "kernels": "def {name}(x, *args, **kwargs):\n"
                "    return torch.nn.functional.batch_norm(x, None, None, training=True)",
     "mentions": "{right}  # bn.check.{check}({name}) passes",
@@ -68,6 +69,7 @@ SYNTHETIC = {  # notebook -> its exercises (a label with "forward" is a bn_forwa
         Case("right", "right answer", "right", "pass", "pass"),
         Case("wrong", "wrong answer", "wrong", "fail", "fail"),
         Case("untouched", "untouched", None, "not attempted", "fail"),
+        Case("broken", "solution with a syntax error", "broken", "fail", "fail"),
         Case("commented", "check cell commented out", "wrong", "fail", "fail", check="comment"),
         Case("wrapped", "check wrapped in try/except", "wrong", "fail", "fail", check="try"),
         Case("deleted", "check cell deleted", "wrong", "fail", "fail", check="delete"),

@@ -116,9 +116,14 @@ def test_each_case_gets_the_result_expected_from_each_grader(course, key):
     assert row["points"] == (row["max_points"] if row["status"] == "pass" else 0)
 
 
-MESSAGES = {"kernels": "write your own: your function calls torch", "patch": "the check cannot be trusted",
-            "exit": "kernel died in its check", "hang": "time limit exceeded in its check",
-            "warns": "the check wrote to stderr (nbgrader fails that too): "}
+MESSAGES = {  # what our grader's message says, by kind of answer
+    "broken": "its solution cell raised SyntaxError",
+    "kernels": "write your own: your function calls torch",
+    "patch": "the check cannot be trusted",
+    "exit": "kernel died in its check",
+    "hang": "time limit exceeded in its check",
+    "warns": "the check wrote to stderr (nbgrader fails that too): ",
+}
 
 
 def test_our_messages_name_the_attack(course):

@@ -78,8 +78,8 @@ def plan(source_nb, submission) -> tuple[list[Step], dict[str, str]]:
             continue
         ex, grade_id = owner[i]
         if grade_id is None:
-            steps += [Step(source(cell), "check", ex.label), Step(f"{KERNEL}.report({ex.label!r})", "report",
-                                                                  ex.label)]
+            report = f"{KERNEL}.report({ex.label!r})"
+            steps += [Step(source(cell), "check", ex.label), Step(report, "report", ex.label)]
         elif grade_id in submitted:
             steps.append(Step(submitted[grade_id], "solution", ex.label))
         else:
@@ -149,11 +149,14 @@ def judge(label: str, steps: list[Step], ran: list[Ran], missing: dict[str, str]
             return FAIL, f"{r.fatal} {where}"
     if label in missing:
         return FAIL, missing[label]
-    if any((e := _error(r.outputs)) and e["ename"] == "NotImplementedError" for r in solutions):
+    broken = next((e for r in solutions if (e := _error(r.outputs))), None)
+    if broken and broken["ename"] == "NotImplementedError":
         return NOT_ATTEMPTED, "the solution still raises NotImplementedError"
     error = _error(check.outputs)
     if error and error["ename"] == "CheckFailed" and "not attempted" in error["evalue"]:
         return NOT_ATTEMPTED, error["evalue"]
+    if error and broken:
+        return FAIL, f"its solution cell raised {broken['ename']}: {broken['evalue']}"
     if error:
         return FAIL, f"{error['ename']}: {error['evalue']}"
     rebound = _rebound(report.outputs)

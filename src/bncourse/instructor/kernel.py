@@ -1,12 +1,14 @@
 """What the grader runs inside the student's kernel, around the student's code.
 
 :func:`record` notes, before any of the student's code runs, every function, class and module that
-``bncourse``, ``torch`` and ``builtins`` hold; :func:`report`, after a check, prints which of them
-have been rebound since (``bn.check.bn_forward = ...``, ``setattr(torch, "allclose", ...)``, a new
-``__code__``). Code in the same process can defeat this too; it raises the bar, it is no sandbox.
+``bncourse``, ``torch``, ``torch.Tensor`` and ``builtins`` hold; :func:`report`, after a check,
+prints which of them have been rebound since (``bn.check.bn_forward = ...``, ``setattr(torch,
+"allclose", ...)``, a method set on ``torch.Tensor``, a new ``__code__``). Code in the same process
+can defeat this too: it raises the bar, it is no sandbox.
 """
 
 import builtins
+import inspect
 import json
 import sys
 import types
@@ -14,17 +16,19 @@ import types
 import torch
 
 MARK = "bncourse-grader: "
-IGNORED = {("builtins", "input")}  # ipykernel rebinds it for every cell
-_recorded: dict[tuple[str, str], tuple[dict, object, object]] = {}
+# Rebound by others: ipykernel, for every cell; torch._dynamo, once imported (as torch.func does).
+IGNORED = {("builtins", "input"), ("torch", "manual_seed")}
+_MISSING = object()
+_recorded: dict[tuple[str, str], tuple[object, object, object]] = {}
 
 
-def _namespaces() -> dict[str, dict]:
+def _namespaces() -> dict[str, object]:
     import bncourse  # noqa: F401  (every module of the package, the checks included)
 
-    spaces = {name: vars(m) for name, m in sys.modules.items()
-              if name == "bncourse" or name.startswith("bncourse.")}
-    for obj in (torch, torch.nn.functional, torch.testing, torch.Tensor, torch._C.TensorBase, builtins):
-        spaces[getattr(obj, "__name__", str(obj))] = vars(obj)
+    spaces = {name: m for name, m in sys.modules.items() if name.split(".")[0] == "bncourse"}
+    for space in (torch, torch.nn.functional, torch.testing, builtins):
+        spaces[space.__name__] = space
+    spaces["torch.Tensor"] = torch.Tensor  # its methods, inherited ones included
     return spaces
 
 
@@ -33,19 +37,20 @@ def _watched(value) -> bool:
 
 
 def record() -> None:
-    """Note what every watched namespace holds now."""
+    """Note what every watched name holds now."""
     _recorded.clear()
     for space_name, space in _namespaces().items():
-        for attr, value in list(space.items()):
+        for attr in dir(space):
+            value = inspect.getattr_static(space, attr, _MISSING)
             if _watched(value) and (space_name, attr) not in IGNORED:
                 _recorded[space_name, attr] = (space, value, getattr(value, "__code__", None))
 
 
 def rebound() -> list[str]:
     """The watched names whose value (or a function's code) changed since :func:`record`."""
-    missing = object()
     return sorted(f"{space_name}.{attr}" for (space_name, attr), (space, value, code) in _recorded.items()
-                  if space.get(attr, missing) is not value or getattr(value, "__code__", None) is not code)
+                  if inspect.getattr_static(space, attr, _MISSING) is not value
+                  or getattr(value, "__code__", None) is not code)
 
 
 def report(exercise: str) -> None:
