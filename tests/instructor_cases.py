@@ -89,9 +89,13 @@ SYNTHETIC = {  # notebook -> its exercises (a label with "forward" is a bn_forwa
     ],
 }
 IDENTITY, FORWARD, BIAS = "ch3-ex-identity", "ch3-ex-forward", "ch3-ex-bias"
-SUBMISSIONS = {  # student -> notebook -> cases; the untouched edition is submitted through the exchange
-    "alice": {CHAPTER: [Case(label, "right answer", "right", "pass", "pass")
-                        for label in (IDENTITY, FORWARD, BIAS)]},
+# student -> notebook -> cases. Not here: the untouched edition, submitted through the exchange, and a
+# corrupt file (CORRUPT's), which both graders fail to read.
+CORRUPT = "zoe"
+SUBMISSIONS = {
+    "alice": {CHAPTER: [Case(IDENTITY, "solution mentions `check.`", "mentions", "pass", "pass"),
+                        Case(FORWARD, "right answer", "right", "pass", "pass"),
+                        Case(BIAS, "solution sets `bn.check.x = 1`", "new-attr", "pass", "pass")]},
     "mallory": {"attacks": SYNTHETIC["attacks"], CHAPTER: [
         Case(IDENTITY, "check commented out, forged pass", "wrong", "fail", "fail", check="comment",
              added="forged"),
@@ -183,6 +187,9 @@ def submission(source_nb, cases: list[Case]) -> dict:
 
 def write_submissions(submitted: Path, assignment: str, sources: dict[str, dict]) -> None:
     """Write every student's notebooks into nbgrader's ``submitted/STUDENT/ASSIGNMENT`` folders."""
+    corrupt = submitted / CORRUPT / assignment / f"{CHAPTER}.ipynb"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_text('{"cells": [')
     for student, notebooks in SUBMISSIONS.items():
         for name, cases in notebooks.items():
             path = submitted / student / assignment / f"{name}.ipynb"

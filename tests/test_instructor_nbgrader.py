@@ -18,7 +18,7 @@ from nbgrader.api import Gradebook
 
 import instructor_cases as cases
 from bncourse.instructor import cli, exercises
-from bncourse.instructor.grade import NOT_ATTEMPTED
+from bncourse.instructor.grade import ERROR, NOT_ATTEMPTED
 
 DOC = (cases.BOOK / "instructors.md").read_text()
 CHAPTERS = exercises.chapter_notebooks(cases.BOOK)
@@ -147,7 +147,14 @@ def test_the_untouched_edition_submitted_through_the_exchange_scores_nothing(cou
     assert {k[1] for k in mine} == {"attacks", "kernel", cases.CHAPTER}
     assert all(r["status"] == NOT_ATTEMPTED for r in mine.values())
     assert all(course["theirs"][k] == ("fail", 0) for k in mine)
-    assert course["exit_status"] == 1
+
+
+def test_a_corrupt_submission_is_an_error_and_the_batch_goes_on(course):
+    rows = {k: r for k, r in course["ours"].items() if k[0] == cases.CORRUPT}
+    assert [k[2] for k in rows] == ["ch3-ex-identity", "ch3-ex-forward", "ch3-ex-bias"]
+    assert all(r["status"] == ERROR and "cannot read" in r["message"] for r in rows.values())
+    assert all(course["theirs"][k][0] == "error" for k in rows)
+    assert course["exit_status"] == 2
 
 
 def test_nbgrader_writes_the_feedback(course):
