@@ -153,10 +153,10 @@ def judge(label: str, steps: list[Step], ran: list[Ran], missing: dict[str, str]
     if broken and broken["ename"] == "NotImplementedError":
         return NOT_ATTEMPTED, "the solution still raises NotImplementedError"
     error = _error(check.outputs)
+    if error and broken:  # the check may have run an older definition
+        return FAIL, f"its solution cell raised {broken['ename']}: {broken['evalue']}"
     if error and error["ename"] == "CheckFailed" and "not attempted" in error["evalue"]:
         return NOT_ATTEMPTED, error["evalue"]
-    if error and broken:
-        return FAIL, f"its solution cell raised {broken['ename']}: {broken['evalue']}"
     if error:
         return FAIL, f"{error['ename']}: {error['evalue']}"
     rebound = _rebound(report.outputs)
