@@ -4,12 +4,15 @@
 #                      edition's) with warnings as errors, the built book in a browser
 #   make lab           open the notebooks in JupyterLab
 #   make bench         benchmark our batch norm against PyTorch's
-#   make student-edition   the chapter notebooks without solutions or outputs, in student/
+#   make student-edition   the chapter notebooks without solutions or outputs, in student/ (as
+#                      nbgrader's generate_assignment releases them)
 #   make book-student  the book without solutions, into _build/student/_build/html
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the `bncourse` command, also in a venv installed before it moved
+BNCOURSE := $(BIN)/python -m bncourse.instructor.cli
 
 .PHONY: book book-student student-edition test lint unit book-check browser lab bench clean
 
@@ -24,12 +27,12 @@ book: $(STAMP)
 
 # The student build renders the stored outputs of the notebooks with every solution cut out.
 book-student: $(STAMP)
-	$(BIN)/bncourse student-book _build/student-src
+	$(BNCOURSE) student-book _build/student-src
 	$(BIN)/jupyter-book build _build/student-src --path-output _build/student --warningiserror --keep-going --all
 	@echo "The student book is in _build/student/_build/html: open $(CURDIR)/_build/student/_build/html/index.html"
 
 student-edition: $(STAMP)
-	$(BIN)/bncourse student-edition student
+	$(BNCOURSE) student-edition student
 
 test: lint unit book-check browser book-student
 

@@ -1,20 +1,23 @@
-"""The ``bncourse`` command for instructors.
+"""The ``bncourse`` command for instructors (also ``python -m bncourse.instructor.cli``).
 
     bncourse student-edition OUT_DIR        chapter notebooks without solutions or outputs
     bncourse student-book OUT_DIR           the book's sources for a student build (no solutions)
-    bncourse grade NOTEBOOK... [--json F]   run notebooks and report each exercise
+    bncourse nbgrader-metadata [BOOK]       write nbgrader's cell metadata from the markers
+    bncourse grade NOTEBOOK...              grade submissions against the source notebooks
 """
 
 import argparse
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
 import yaml
 
-from . import grade as grading
-from .exercises import student_book_notebook, write_student_edition
+from . import report
+from .exercises import student_book_notebook, write_nbgrader_metadata, write_student_edition
+from .grade import ERROR, Row, grade_notebook, summative
 
 INSTRUCTOR_PAGES = ("book/instructors",)
 
@@ -22,6 +25,18 @@ INSTRUCTOR_PAGES = ("book/instructors",)
 def student_edition(args) -> int:
     written = write_student_edition(Path(args.book), Path(args.out_dir))
     print(f"wrote {len(written)} student notebooks (solutions replaced, no outputs) to {args.out_dir}")
+    return 0
+
+
+def nbgrader_metadata(args) -> int:
+    changed = write_nbgrader_metadata(Path(args.book), check=args.check)
+    for path in changed:
+        print(f"{'stale' if args.check else 'updated'}: {path}")
+    if args.check and changed:
+        print("run `bncourse nbgrader-metadata` to write nbgrader's metadata", file=sys.stderr)
+        return 1
+    print(f"nbgrader's metadata is up to date in {args.book}" if not changed else
+          f"wrote nbgrader's metadata into {len(changed)} notebooks")
     return 0
 
 
@@ -58,15 +73,20 @@ def student_book(args) -> int:
 
 
 def grade(args) -> int:
-    results = []
+    rows = []
     for path in args.notebooks:
         print(f"grading {path} ...", file=sys.stderr, flush=True)
-        results += grading.grade_notebook(Path(path), timeout=args.timeout)
-    print(grading.table(results))
-    grading.write_json(results, Path(args.json))
-    print(f"gradebook written to {args.json}")
-    s = grading.summary(results)
-    return 0 if s["total"] and s["passed"] == s["total"] else 1
+        try:
+            timeouts = (args.timeout, args.notebook_timeout)
+            graded = grade_notebook(Path(path), Path(args.source), args.student, timeouts)
+            rows += [replace(r, message=summative(r.message)) for r in graded] if args.summative else graded
+        except Exception as e:  # noqa: BLE001  (a bug of the grader must not lose the batch)
+            failure = f"grader failure: {type(e).__name__}: {e}"
+            rows.append(Row(args.student or "", path, "", 0, 0, ERROR, failure))
+        csv_path = report.write(rows, Path(args.json))  # after every notebook: a crash keeps the rest
+    print(report.table(rows))
+    print(f"\ngradebook written to {args.json} and {csv_path}")
+    return report.exit_status(rows)
 
 
 def main(argv=None) -> int:
@@ -80,10 +100,24 @@ def main(argv=None) -> int:
     p.add_argument("out_dir")
     p.add_argument("--root", default=".", help="the book's root folder, with _config.yml (default: .)")
     p.set_defaults(run=student_book)
-    p = sub.add_parser("grade", help="run notebooks and report each exercise: pass, fail, not attempted")
+    p = sub.add_parser("nbgrader-metadata", help="write nbgrader's cell metadata from the solution markers")
+    p.add_argument("book", nargs="?", default="book", help="folder of the chapter notebooks (default: book)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if any notebook is stale")
+    p.set_defaults(run=nbgrader_metadata)
+    p = sub.add_parser("grade", help="grade submissions against the source notebooks, exercise by exercise")
     p.add_argument("notebooks", nargs="+")
-    p.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default: 300)")
-    p.add_argument("--json", default="grades.json", help="gradebook file (default: grades.json)")
+    p.add_argument("--source", default="book",
+                   help="folder of the instructor's notebooks, matched by file name (default: book)")
+    p.add_argument("--student", help="the student id (default: STUDENT of nbgrader's layout "
+                   "submitted/STUDENT/ASSIGNMENT/)")
+    p.add_argument("--timeout", type=int, default=60,
+                   help="seconds allowed for each solution and check cell (default: 60)")
+    p.add_argument("--notebook-timeout", type=int, default=600,
+                   help="seconds allowed for each of the notebook's own cells (default: 600)")
+    p.add_argument("--json", default="grades.json", help="gradebook file; the CSV goes beside it "
+                   "(default: grades.json)")
+    p.add_argument("--summative", action="store_true",
+                   help="messages say what is wrong without the hints that give the answer away")
     p.set_defaults(run=grade)
     args = parser.parse_args(argv)
     return args.run(args)
