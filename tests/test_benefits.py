@@ -223,9 +223,11 @@ def test_preactivation_stats_average_each_layers_units():
     x = torch.randn(30, 8) * 2 + 1
     stats = benefits.preactivation_stats(model, x)
     z = benefits.preactivations(model, x)
-    assert set(stats) == {"spread", "offset", "sigmoid_slope"} and stats["spread"].shape == (2,)
+    assert set(stats) == {"spread", "offset", "sigmoid_slope", "sigmoid_slope_rms"}
+    assert stats["spread"].shape == (2,)
     torch.testing.assert_close(stats["spread"][1], z[1].std(0, unbiased=False).mean())
     torch.testing.assert_close(stats["offset"][0], z[0].mean(0).abs().mean())
     s = torch.sigmoid(z[0])
     torch.testing.assert_close(stats["sigmoid_slope"][0], (s * (1 - s)).mean())
+    torch.testing.assert_close(stats["sigmoid_slope_rms"][0], (s * (1 - s)).pow(2).mean().sqrt())
     assert (stats["sigmoid_slope"] <= 0.25).all()

@@ -201,13 +201,17 @@ def preactivation_stats(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Te
 
     ``"spread"``: a unit's standard deviation over the examples (the part of its input that
     carries the example); ``"offset"``: the absolute value of its mean over the examples;
-    ``"sigmoid_slope"``: ``sigma'(z) = sigma(z) (1 - sigma(z))``, averaged over examples too.
-    Training-mode forward (batch statistics), as :func:`preactivations`.
+    ``"sigmoid_slope"``: ``sigma'(z) = sigma(z) (1 - sigma(z))``, averaged over examples too;
+    ``"sigmoid_slope_rms"``: its root mean square, which sets how much a backward pass through the
+    layer shrinks a random gradient. Training-mode forward (batch statistics), as
+    :func:`preactivations`.
     """
     zs = preactivations(model, x)
+    slopes = [torch.sigmoid(z) * (1 - torch.sigmoid(z)) for z in zs]
     stats = {"spread": [z.std(0, unbiased=False).mean() for z in zs],
              "offset": [z.mean(0).abs().mean() for z in zs],
-             "sigmoid_slope": [(torch.sigmoid(z) * (1 - torch.sigmoid(z))).mean() for z in zs]}
+             "sigmoid_slope": [s.mean() for s in slopes],
+             "sigmoid_slope_rms": [s.pow(2).mean().sqrt() for s in slopes]}
     return {k: torch.stack(v).cpu() for k, v in stats.items()}
 
 
