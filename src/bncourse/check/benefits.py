@@ -148,7 +148,7 @@ def largest_trainable_lr(fn) -> None:
         else:
             hint = f"expected {ref}, got {got}"
         raise CheckFailed(f"{name}: {hint} {where}")
-    passed(name, "6 sweeps: unsorted rates, NaN from diverged runs, none trainable")
+    passed(name, "6 sweeps: unsorted, with NaN, none trainable")
 
 
 def _history(steps: list[int], acc: list[float]) -> History:
@@ -316,7 +316,7 @@ def batch_jitter(fn) -> None:
             d = abs(math.log(got / v))
             distance[m] = max(distance[m], d / hints[m][1])
     if first_miss is None:
-        passed(name, "4 random units, batches of 3 and 4, against all possible batches")
+        passed(name, "4 random units, batches of 3 and 4, all possible batches")
         return
     likely = min(distance, key=distance.get)
     if distance[likely] < 1:
