@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 import bncourse as bn
-from bncourse.distributed import Cluster, WorkerError, data_parallel_train, sync_batch_norm_steps
+from bncourse.distributed import (
+    Cluster,
+    WorkerError,
+    data_parallel_train,
+    make_batches,
+    sync_batch_norm_steps,
+    train_one_process,
+)
 from bncourse.smallbatch import GhostBatchNorm
 from bncourse.sync import SyncBatchNorm, local_moments, merge_moments
 from conftest import tolerances
@@ -138,7 +145,7 @@ def make_model(dims: int) -> nn.Module:
     return nn.Sequential(*layers).double()
 
 
-def train_one_process(model: nn.Module, batches, lr: float, k: int) -> dict:
+def dot_loss_one_process(model: nn.Module, batches, lr: float, k: int) -> dict:
     """What data-parallel training with synchronized batch norm computes, in one process."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     for x, dy in batches:
@@ -159,7 +166,7 @@ def test_inside_distributed_data_parallel(cluster, k, all_dims):
         sizes = [7, 5] if k == 2 else [6, 0, 1, 5]
         model = make_model(dims)
         cases.append({"model": model, "batches": data, "lr": 0.1, "sizes": sizes, "loss": "dot"})
-        refs.append(train_one_process(copy.deepcopy(model), data, 0.1, k))
+        refs.append(dot_loss_one_process(copy.deepcopy(model), data, 0.1, k))
     for ranks, ref in zip(cluster(k).map(data_parallel_train, cases), refs, strict=True):
         for r in ranks:
             assert list(r["state"]) == list(ref)
@@ -167,28 +174,31 @@ def test_inside_distributed_data_parallel(cluster, k, all_dims):
                 bn.testing.assert_close(r["state"][key], value, rtol=1e-10, atol=1e-12, what=key)
 
 
-def test_per_device_batch_norm_is_ghost_batch_norm(cluster):
-    """Without sync, each process normalizes its own shard: ghost batch norm of B / K in one process."""
+def test_one_process_reproduces_data_parallel_training(cluster):
+    """Synchronized: batch norm over the whole batch. Per-device: ghost batch norm of B / K."""
     k = 4
     bn.seed_everything(0)
     model = bn.models.mlp([6, 8, 8, 3], norm="bn").double()
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(16, 6, generator=g, dtype=torch.float64) * 2 + 1,
              torch.randint(3, (16,), generator=g)) for _ in range(4)]
-    case = {"model": model, "batches": data, "lr": 0.2, "sync": False}
-    (ranks,) = cluster(k).map(data_parallel_train, [case])
-    ghost = bn.smallbatch.replace_norms(
-        copy.deepcopy(model), lambda m: GhostBatchNorm(m.num_features, 16 // k, dtype=torch.float64)
-    )
-    opt = torch.optim.SGD(ghost.parameters(), lr=0.2)
-    for x, y in data:
-        opt.zero_grad()
-        # DDP averages the mean losses of the K shards
-        sum(nn.functional.cross_entropy(out, t) for out, t in zip(ghost(x).split(4), y.split(4), strict=True)
-            ).div(k).backward()
-        opt.step()
-    for key, value in ghost.state_dict().items():
-        bn.testing.assert_close(ranks[0]["state"][key], value, rtol=1e-10, atol=1e-12, what=key)
+    cases = [{"model": model, "batches": data, "lr": 0.2, "sync": sync} for sync in (False, True)]
+    for case, ranks in zip(cases, cluster(k).map(data_parallel_train, cases), strict=True):
+        one = train_one_process(model, data, 0.2, devices=k, sync=case["sync"])
+        assert any(isinstance(m, GhostBatchNorm) for m in one.modules()) != case["sync"]
+        for key, value in one.state_dict().items():
+            for r in ranks:
+                bn.testing.assert_close(r["state"][key], value, rtol=1e-10, atol=1e-12, what=key)
+
+
+def test_make_batches_draws_what_train_draws():
+    bn.seed_everything(0)
+    model = bn.models.mlp([64, 16, 10], norm="bn")
+    data = bn.data.digits()
+    one = train_one_process(model, make_batches(data, 32, 50, seed=3), lr=0.05)
+    bn.train.train(model, data, 50, 0.05, batch_size=32, seed=3, eval_every=50, progress=False)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(one.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_bad_input_fails_in_every_process_and_the_cluster_survives(cluster):

@@ -9,8 +9,10 @@ limit, and when the program exits. The functions it runs are the workers of chap
 
 from __future__ import annotations
 
+import atexit
 import copy
 import datetime
+import inspect
 import multiprocessing as mp
 import os
 import queue
@@ -20,12 +22,15 @@ import traceback
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .data import Split
+from .data import batches as shuffled_batches
+from .smallbatch import GhostBatchNorm, replace_norms
 from .sync import SyncBatchNorm
 
 __all__ = [
@@ -33,8 +38,12 @@ __all__ = [
     "WorkerError",
     "counting_collectives",
     "data_parallel_train",
+    "make_batches",
     "shard",
+    "step_seconds",
     "sync_batch_norm_steps",
+    "torch_sync_batch_norm_error",
+    "train_one_process",
 ]
 
 HOST = "127.0.0.1"
@@ -93,6 +102,18 @@ def _context():
         ctx.set_forkserver_preload([__name__])
         return ctx
     return mp.get_context("spawn")
+
+
+def _stop_forkserver() -> None:
+    """Stop the forkserver and collect its exit status, so that no finished process is left behind."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)  # the way CPython's own tests stop it
+    if stop is not None:
+        stop()
+
+
+atexit.register(_stop_forkserver)
 
 
 def _end(procs: list, tasks: list, wait: float = 5.0) -> None:
@@ -315,6 +336,14 @@ def sync_batch_norm_steps(xs: list[torch.Tensor], douts: list[torch.Tensor], siz
             "eval_calls": dict(eval_counts)}
 
 
+def _data_parallel(model: nn.Module) -> nn.Module:
+    """DistributedDataParallel that leaves each process's buffers alone after the start."""
+    ddp = nn.parallel.DistributedDataParallel
+    keyword = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else (
+        "broadcast_buffers")  # the older name
+    return ddp(model, **{keyword: False})
+
+
 def _loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "cross_entropy":
         return nn.functional.cross_entropy(out, target)  # mean over this process's shard
@@ -331,26 +360,99 @@ def data_parallel_train(model: nn.Module, batches: list, lr: float, sync: bool =
     split), plain SGD with learning rate ``lr``; DDP averages the gradients. With ``sync`` the batch
     norm layers are converted to :class:`~bncourse.sync.SyncBatchNorm`; without, each process
     normalizes its own shard, keeps its own running statistics, and they are averaged at the end.
-    Returns the trained ``state_dict`` and the wall time of each step in seconds.
+    Returns the trained ``state_dict``, the wall time of each step in seconds, and the collectives
+    counted in the first step (those of the batch norm layers; DDP's own are made from C++).
     """
     device = _device()
     model = copy.deepcopy(model).to(device)
     if sync:
         model = SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    ddp = _data_parallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=lr)
-    seconds = []
-    for x, target in batches:
+    seconds, calls = [], {}
+    for i, (x, target) in enumerate(batches):
         start = time.perf_counter()
-        out = ddp(shard(x, sizes).to(device))
-        opt.zero_grad(set_to_none=True)
-        _loss(out, shard(target, sizes).to(device), loss).backward()
-        opt.step()
+        with counting_collectives() if i == 0 else nullcontext() as counts:
+            out = ddp(shard(x, sizes).to(device))
+            opt.zero_grad(set_to_none=True)
+            _loss(out, shard(target, sizes).to(device), loss).backward()
+            opt.step()
         seconds.append(time.perf_counter() - start)
+        calls = dict(counts) if i == 0 else calls
     if not sync:
         with torch.no_grad():
             for buffer in model.buffers():
                 if buffer.is_floating_point():
                     dist.all_reduce(buffer)
                     buffer /= dist.get_world_size()
-    return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "seconds": seconds}
+    return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "seconds": seconds,
+            "collectives": calls}
+
+
+def step_seconds(model: nn.Module, batches: list, lr: float, sizes: list[int] | None = None) -> dict:
+    """Seconds per data-parallel step with per-device and with synchronized batch norm, interleaved.
+
+    Two copies of ``model`` train side by side, one step each in turn (so a change in the machine's
+    load hits both alike). Returns ``{"per-device": [...], "synchronized": [...]}``.
+    """
+    device = _device()
+    runs = {}
+    for name, sync in (("per-device", False), ("synchronized", True)):
+        m = copy.deepcopy(model).to(device)
+        m = SyncBatchNorm.convert_sync_batchnorm(m) if sync else m
+        ddp = _data_parallel(m)
+        runs[name] = (ddp, torch.optim.SGD(ddp.parameters(), lr=lr), [])
+    for x, target in batches:
+        for ddp, opt, seconds in runs.values():
+            dist.barrier()  # start together: no process waits for another's previous step
+            start = time.perf_counter()
+            out = ddp(shard(x, sizes).to(device))
+            loss = nn.functional.cross_entropy(out, shard(target, sizes).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seconds.append(time.perf_counter() - start)
+    return {name: seconds for name, (_, _, seconds) in runs.items()}
+
+
+def torch_sync_batch_norm_error() -> str:
+    """What PyTorch's own ``torch.nn.SyncBatchNorm`` says when asked to train on the CPU."""
+    try:
+        nn.SyncBatchNorm(3)(torch.randn(4, 3))
+    except (ValueError, RuntimeError) as e:
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
+# ---------------------------------------------------------------------------------------------
+# The same training in one process
+
+
+def make_batches(data: Split, batch_size: int, steps: int, seed: int) -> list[tuple]:
+    """The first ``steps`` training batches, drawn as :func:`bncourse.train.train` draws them."""
+    gen = torch.Generator().manual_seed(seed)
+    out: list = []
+    while len(out) < steps:
+        out.extend(shuffled_batches(data.x_train, data.y_train, batch_size, gen))
+    return out[:steps]
+
+
+def train_one_process(model: nn.Module, batches: list, lr: float, devices: int = 1,
+                      sync: bool = True) -> nn.Module:
+    """What data-parallel training over ``devices`` computes, in one process; returns a trained copy.
+
+    With ``sync`` (or one device) the batch norm layers see the whole batch; without, each of the
+    ``devices`` shards is normalized alone: :class:`~bncourse.smallbatch.GhostBatchNorm` with ghost
+    batches of ``batch / devices``. Plain SGD on the mean cross-entropy over the batch.
+    """
+    model = copy.deepcopy(model)
+    if not sync and devices > 1:
+        replace_norms(model, lambda m: GhostBatchNorm.like(m, batches[0][0].shape[0] // devices))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model

@@ -39,6 +39,17 @@ class GhostBatchNorm(_BatchNorm):
             raise ValueError(f"ghost_size must be a positive int, got {ghost_size!r}")
         self.ghost_size = ghost_size
 
+    @classmethod
+    def like(cls, layer: nn.Module, ghost_size: int) -> GhostBatchNorm:
+        """A ghost batch norm with the settings, parameters and buffers (copied) of batch norm ``layer``."""
+        floats = [t for t in (*layer.parameters(), *layer.buffers()) if t.is_floating_point()]
+        factory = {"device": floats[0].device, "dtype": floats[0].dtype} if floats else {}
+        ghost = cls(layer.num_features, ghost_size, layer.eps, layer.momentum, layer.affine,
+                    layer.track_running_stats, **factory)
+        ghost.load_state_dict(layer.state_dict())
+        ghost.train(layer.training)
+        return ghost
+
     def _check_input(self, x: torch.Tensor) -> None:
         check_layer_input(self, x)
 
