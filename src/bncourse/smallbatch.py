@@ -62,14 +62,18 @@ class GhostBatchNorm(_BatchNorm):
             raise ValueError(f"GhostBatchNorm(ghost_size={self.ghost_size}) expected a batch size that is a "
                              f"multiple of {self.ghost_size}, got {input.shape[0]}")
         factor = momentum_factor(self)
-        ghosts = input.split(self.ghost_size)
-        outs, means, variances = zip(
-            *(BatchNormFunction.apply(g, self.weight, self.bias, self.eps) for g in ghosts), strict=True
-        )
+        # (N, C, *) -> (g, G * C, *): the G ghost batches of g side by side, as G * C channels of one
+        # batch norm, which takes the statistics of each ghost batch's channels in one kernel
+        g, c, rest = self.ghost_size, input.shape[1], input.shape[2:]
+        ghosts = input.shape[0] // g
+        x = input.reshape(ghosts, g, c, *rest).transpose(0, 1).reshape(g, ghosts * c, *rest)
+        weight = None if self.weight is None else self.weight.repeat(ghosts)
+        bias = None if self.bias is None else self.bias.repeat(ghosts)
+        out, mean, var = BatchNormFunction.apply(x, weight, bias, self.eps)
         if self.track_running_stats:
-            mean, var = torch.stack(means).mean(0), torch.stack(variances).mean(0)
-            update_running_stats(self.running_mean, self.running_var, mean, var, factor, ghosts[0])
-        return torch.cat(outs)
+            mean, var = mean.view(ghosts, c).mean(0), var.view(ghosts, c).mean(0)
+            update_running_stats(self.running_mean, self.running_var, mean, var, factor, input[:g])
+        return out.reshape(g, ghosts, c, *rest).transpose(0, 1).reshape(input.shape)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, ghost_size={self.ghost_size}"
