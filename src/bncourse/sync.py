@@ -124,7 +124,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         else:  # an empty shard still takes part in the all-reduce
             sum_dy, sum_dy_xmu = mean.new_zeros(channels), mean.new_zeros(channels)
         dweight = sum_dy_xmu * inv_std if need_weight else None  # this shard's share
-        dbias = sum_dy.clone() if need_bias else None
+        dbias = sum_dy if need_bias else None
         dx = None
         if need_x:
             sums = torch.cat([sum_dy, sum_dy_xmu])
