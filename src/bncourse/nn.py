@@ -11,7 +11,7 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 
 
 class _BatchNorm(nn.Module):
@@ -151,3 +151,6 @@ class BatchNorm3d(_BatchNorm):
 
     _input_dims = (5,)
     _layout = "(N, C, D, H, W)"
+
+
+from .sync import SyncBatchNorm  # noqa: E402  (sync builds on _BatchNorm above)
