@@ -63,3 +63,16 @@ def test_compiled_float32_variance_is_accurate_with_a_large_offset():
     layer(x64.float())
     assert bn.rel_error(layer.running_var, x64.var(0, unbiased=True)) <= 1e-3
     assert repr(layer) == repr(torch.nn.BatchNorm1d(SHAPE[1], momentum=1.0)).replace(")", ", compiled=True)")
+
+
+def test_generated_code_shows_the_mean_over_the_batch_in_two_stages(monkeypatch):
+    x = torch.randn(SHAPE)
+    loops = {two_stage: "\n".join(bn.hardware.loop_nest(
+        compiled.generated_code(lambda t: t.mean(0), x, two_stage_sums=two_stage)))
+        for two_stage in (False, True)}
+    assert "range(0, 8200, 1)" in loops[False]  # one sweep down all the rows
+    rows = compiled.BLOCK_ELEMENTS // SHAPE[1]  # blocks of rows, then the blocks
+    assert "range(0, 8200, 1)" not in loops[True] and f"range(0, {rows}, 1)" in loops[True]
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    with pytest.raises(RuntimeError, match="cannot show compiled code: .*no C\\+\\+ compiler"):
+        compiled.generated_code(lambda t: t.sum(0), x)

@@ -25,7 +25,8 @@ import torch
 
 from . import functional as F
 
-__all__ = ["available", "batch_norm_eval", "batch_norm_train", "batch_sum", "compile_kernel"]
+__all__ = ["available", "backward", "batch_norm_eval", "batch_norm_train", "batch_sum", "compile_kernel",
+           "forward", "generated_code"]
 
 aten = torch.ops.aten
 BLOCK_ELEMENTS = 1 << 14  # a block of rows of batch_sum: 64 KiB of float32, which stays in cache
@@ -56,15 +57,18 @@ def _split_batch_sums():
     """Inductor lowers ``sum``/``mean`` over dim 0 of 2D tensors with :func:`batch_sum`, meanwhile.
 
     The decompositions are put into Inductor's own table only while our kernels run (and so
-    compile): other compiled code is not touched, and Inductor's on-disk cache keeps working.
+    compile): other compiled code is not touched. Inductor's disk cache does not see the table, so a
+    tag in the cache key tells its entries from those of the same graph lowered without them.
     """
     from torch._inductor.decomposition import select_decomp_table
 
     table = select_decomp_table()
     saved = {op: table.get(op) for op in (aten.sum.dim_IntList, aten.mean.dim)}
     table.update({op: _split_reduction(op, default) for op, default in saved.items()})
+    tag = "+".join(filter(None, [torch.compiler.config.cache_key_tag, "bncourse.batch_sum"]))
     try:
-        yield
+        with torch.compiler.config.patch(cache_key_tag=tag):
+            yield
     finally:
         for op, default in saved.items():
             if default is None:
@@ -110,12 +114,31 @@ def compile_kernel(fn):
 _compiled = functools.cache(compile_kernel)
 
 
-def _forward(x, gamma, beta, eps):
+def generated_code(fn, *args, two_stage_sums: bool = True) -> str:
+    """The code Inductor writes for ``fn(*args)``, compiled as this module compiles its kernels.
+
+    ``two_stage_sums=False`` leaves Inductor's own lowering of sums over dim 0 (no :func:`batch_sum`).
+    Compiling resets ``torch.compile``'s in-memory cache; the kernels compiled before are loaded
+    again from Inductor's disk cache on their next call.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    reason = available(args[0].device)
+    if reason is not None:
+        raise RuntimeError(f"cannot show compiled code: {reason}")
+    with _split_batch_sums() if two_stage_sums else contextlib.nullcontext():
+        _, codes = run_and_get_code(compile_kernel(fn), *args)
+    return codes[0]
+
+
+def forward(x, gamma, beta, eps):
+    """The readable training-mode forward as this module compiles it: ``(out, mean, var, inv_std)``."""
     out, cache = F.batch_norm_forward(x, gamma, beta, eps)
     return out, cache.mean, cache.var, cache.inv_std
 
 
-def _backward(dout, x, mean, inv_std, gamma, eps):
+def backward(dout, x, mean, inv_std, gamma, eps):
+    """The closed-form backward as this module compiles it: ``(dx, dgamma, dbeta)``."""
     cache = F.BatchNormCache(x, mean, None, inv_std, gamma, eps)
     return F.batch_norm_backward_fused(dout, cache)
 
@@ -147,7 +170,7 @@ class BatchNormCompiledFunction(torch.autograd.Function):
             out, cache = batch_norm_forward(x, weight, bias, eps)
             return out, cache.mean, cache.var, cache.inv_std
 
-        out, mean, var, inv_std = run(_forward, eager, x.device, x, weight, bias, eps)
+        out, mean, var, inv_std = run(forward, eager, x.device, x, weight, bias, eps)
         ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.eps = eps
         ctx.mark_non_differentiable(mean, var)
@@ -162,7 +185,7 @@ class BatchNormCompiledFunction(torch.autograd.Function):
             return batch_norm_backward_fused(dout, F.BatchNormCache(x, mean, None, inv_std, weight, eps))
 
         x, mean, inv_std, weight = ctx.saved_tensors
-        dx, dgamma, dbeta = run(_backward, eager, x.device, dout.contiguous(), x, mean, inv_std, weight,
+        dx, dgamma, dbeta = run(backward, eager, x.device, dout.contiguous(), x, mean, inv_std, weight,
                                 ctx.eps)
         need_x, need_weight, need_bias, _ = ctx.needs_input_grad
         return dx if need_x else None, dgamma if need_weight else None, dbeta if need_bias else None, None
