@@ -34,7 +34,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 WIDTHS = {"desktop": 1280, "phone": 390}
 MIN_TEXT_PX = 9  # the smallest text a figure may show, in CSS pixels as displayed at 1280 px
 REDIRECT = re.compile(r'http-equiv="refresh" content="\d+; ?url=([^"]+)"', re.IGNORECASE)
-RAW_MATH = re.compile(r"\\\(|\\\[|\$\$")
+RAW_MATH = re.compile(r"\\\(|\\\[|\$")  # outside code, any $ is math left raw
 PATH_LIKE = re.compile(r"[/\\]|\.(png|jpe?g|svg|gif|webp)$|^[0-9a-f]{16,}", re.IGNORECASE)
 INSTALL = ("install the browser with `sudo apt-get install -y chromium fonts-noto-cjk` "
            "and the driver with `.venv/bin/pip install -r requirements.txt` (playwright, pinned)")

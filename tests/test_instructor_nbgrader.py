@@ -25,7 +25,7 @@ CHAPTERS = exercises.chapter_notebooks(cases.BOOK)
 STUDENT = getpass.getuser()  # who submits the untouched edition through the exchange
 EXPECTED = {(student, notebook, c.label): c for student, notebooks in cases.SUBMISSIONS.items()
             for notebook, notebook_cases in notebooks.items() for c in notebook_cases}
-GRADE = "bncourse grade course/submitted/*/ch3/*.ipynb --source course/source/ch3 --json grades.json"
+GRADE = "bncourse grade course/submitted/*/ch3/*.ipynb --source course/source/ch3"
 
 
 def documented(command: str) -> str:

@@ -38,6 +38,7 @@ WRITE_YOUR_OWN = {
     "eval_batch_norm": TORCH_BATCH_NORM + ("bncourse", "torch.nn.functional"),
     "group_norm": KERNELS + ("torch.nn.functional.group_norm", "torch.group_norm",
                              "torch.nn.modules.normalization"),
+    "fold_linear_bn": ("bncourse.fold",),
 }
 
 
