@@ -191,3 +191,43 @@ def test_landscape_tracker_records_every_k_steps_and_computes_beta():
     torch.testing.assert_close(tracker.beta, expected.amax(1))
     with pytest.raises(ValueError, match="batch_size"):
         benefits.LandscapeTracker(split.x_train, split.y_train, [0.1], batch_size=1)
+
+
+def test_head_probe_measures_the_class_gap_and_the_output_layers_mean_input():
+    torch.manual_seed(0)
+    model = models.mlp([8, 6, 3], "sigmoid")
+    x, y = torch.randn(40, 8), torch.tensor([0] * 20 + [1] * 15 + [2] * 5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, gap, mean_sq = benefits.head_probe(model, x, y)
+    assert loss == pytest.approx(nn.functional.cross_entropy(model(x), y).item(), rel=1e-6)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    a = model[1](model[0](x)).detach()
+    assert mean_sq == pytest.approx((a.mean(0) ** 2).sum().item(), rel=1e-6)
+    p = model(x).softmax(1).mean(0)
+    assert gap == pytest.approx((p - torch.tensor([0.5, 0.375, 0.125])).abs().max().item(), rel=1e-6)
+    # the claim of the docstring: with identical inputs, one SGD step moves every logit together,
+    # 1 + ||a_bar||^2 times as far as the bias's share of the step
+    head = nn.Linear(6, 3)
+    same = a[:1].expand(10, 6)
+    loss = nn.functional.cross_entropy(head(same), y[:10])
+    gw, gb = torch.autograd.grad(loss, [head.weight, head.bias])
+    moved = -(gw @ same[0] + gb)
+    torch.testing.assert_close(moved, -gb * (1 + (same[0] ** 2).sum()))
+    with pytest.raises(ValueError, match="labels"):
+        benefits.head_probe(model, x, y[:5])
+
+
+def test_preactivation_stats_average_each_layers_units():
+    torch.manual_seed(0)
+    model = models.mlp([8, 6, 5, 3], "sigmoid")
+    x = torch.randn(30, 8) * 2 + 1
+    stats = benefits.preactivation_stats(model, x)
+    z = benefits.preactivations(model, x)
+    assert set(stats) == {"spread", "offset", "sigmoid_slope", "sigmoid_slope_rms"}
+    assert stats["spread"].shape == (2,)
+    torch.testing.assert_close(stats["spread"][1], z[1].std(0, unbiased=False).mean())
+    torch.testing.assert_close(stats["offset"][0], z[0].mean(0).abs().mean())
+    s = torch.sigmoid(z[0])
+    torch.testing.assert_close(stats["sigmoid_slope"][0], (s * (1 - s)).mean())
+    torch.testing.assert_close(stats["sigmoid_slope_rms"][0], (s * (1 - s)).pow(2).mean().sqrt())
+    assert (stats["sigmoid_slope"] <= 0.25).all()

@@ -61,7 +61,9 @@ def not_done(*args):
 @pytest.mark.parametrize("fn", [update_right, update_in_place])
 def test_running_update_right_answers_pass(fn, capsys):
     bn.check.running_update(fn)
-    assert "✔ running_update: correct" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "✔ running_update: correct" in out
+    assert max(len(line) for line in out.splitlines()) <= 88  # the book's code width
 
 
 @pytest.mark.parametrize(("fn", "message"), [
@@ -125,7 +127,9 @@ def stats_one_pass(chunks):
 @pytest.mark.parametrize("fn", [stats_right, stats_concat])
 def test_population_stats_right_answers_pass(fn, capsys):
     bn.check.population_stats(fn)
-    assert "✔ population_stats: correct" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "✔ population_stats: correct" in out
+    assert max(len(line) for line in out.splitlines()) <= 88  # the book's code width
 
 
 @pytest.mark.parametrize(("fn", "message"), [
@@ -187,7 +191,9 @@ def eval_2d_only(x, running_mean, running_var, weight, bias, eps):
 
 def test_eval_batch_norm_right_answer_passes(capsys):
     bn.check.eval_batch_norm(eval_right)
-    assert "✔ eval_batch_norm: correct" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "✔ eval_batch_norm: correct" in out
+    assert max(len(line) for line in out.splitlines()) <= 88  # the book's code width
 
 
 @pytest.mark.parametrize(("fn", "message"), [
@@ -265,7 +271,9 @@ def mean_std_empirical(x, m):  # a Monte Carlo estimate is not a prediction: a f
 @pytest.mark.parametrize("fn", [mean_std_right, mean_std_unbiased_right, mean_std_reference])
 def test_batch_mean_std_right_answers_pass(fn, capsys):
     bn.check.batch_mean_std(fn)
-    assert "✔ batch_mean_std: correct" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "✔ batch_mean_std: correct" in out
+    assert max(len(line) for line in out.splitlines()) <= 88  # the book's code width
 
 
 @pytest.mark.parametrize(("fn", "message"), [
@@ -321,7 +329,9 @@ def gn_no_eps(x, groups, eps):
 
 def test_group_norm_right_answer_passes(capsys):
     bn.check.group_norm(gn_right)
-    assert "✔ group_norm: correct" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "✔ group_norm: correct" in out
+    assert max(len(line) for line in out.splitlines()) <= 88  # the book's code width
 
 
 @pytest.mark.parametrize(("fn", "message"), [

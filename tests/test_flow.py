@@ -101,24 +101,106 @@ def test_clear_errors():
     assert layer(torch.randn(1, 3)).shape == (1, 3)  # eval mode uses the running statistics
 
 
+def run_recorded(norm, device, steps=30, lr=0.2):
+    """A Linear -> norm -> ReLU -> Linear net trained by bn.train.train with a FirstLayerRecord."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(96, 6, generator=g, dtype=torch.float64)  # in [0, 1]: an offset to remove
+    y = (x[:, 0] > x[:, 1]).long()
+    data = bn.data.Split(x, y, x[:16], y[:16]).to(device)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), norm(5), torch.nn.ReLU(),
+                              torch.nn.Linear(5, 2)).to(device, torch.float64)
+    w0, b0 = net[0].weight.detach().clone(), net[0].bias.detach().clone()
+    record = flow.FirstLayerRecord(net[0], net[1], lr)
+    bn.train.train(net, data, steps, lr, batch_size=32, eval_every=steps, progress=False,
+                   on_step=record)
+    record.remove()
+    return net, w0, b0, record
+
+
+def test_first_layer_record_splits_the_norm_change_as_derived(device):
+    net, w0, b0, rec = run_recorded(flow.StopGradBatchNorm1d, device)
+    w, b = net[0].weight.detach(), net[0].bias.detach()
+    assert len(rec.drift) == 30
+    torch.testing.assert_close(rec.drift[-1], ((b - b0).norm() / b0.norm()).item())
+    torch.testing.assert_close(rec.row_norm[-1],
+                               (w.norm(dim=1).mean() / w0.norm(dim=1).mean()).item())
+    # the recorded terms add up to the change of sum |w|^2, step by step
+    change = (w.square().sum() - w0.square().sum()).item()
+    total = (rec.first_order + rec.second_order).sum()
+    assert abs(total - change) < 1e-9 * max(1.0, abs(change))
+    # with the stop-gradient: first order = part along x_hat + constant part, both non-zero
+    torch.testing.assert_close(rec.first_order, rec.along_x_hat + rec.constant,
+                               rtol=1e-9, atol=1e-12)
+    assert abs(rec.constant).max() > 1e-4 and abs(rec.along_x_hat).max() > 1e-4
+
+
+def test_first_layer_record_true_backward_has_no_first_order_growth(device):
+    _, _, _, rec = run_recorded(bn.nn.BatchNorm1d, device)
+    assert abs(rec.constant).max() < 1e-12           # dL/db = 0
+    assert abs(rec.along_x_hat).max() > 1e-4         # gamma * dL/dgamma is not 0 ...
+    assert abs(rec.first_order).max() < 1e-3 * abs(rec.along_x_hat).max()  # ... but w . grad is
+    assert rec.drift.max() < 1e-10
+
+
+def test_first_layer_record_errors():
+    with pytest.raises(ValueError, match="with a bias"):
+        flow.FirstLayerRecord(torch.nn.Linear(3, 2, bias=False), bn.nn.BatchNorm1d(2), 0.1)
+    with pytest.raises(ValueError, match="with a weight"):
+        flow.FirstLayerRecord(torch.nn.Linear(3, 2), bn.nn.BatchNorm1d(2, affine=False), 0.1)
+    linear, norm = torch.nn.Linear(3, 2), bn.nn.BatchNorm1d(2)
+    record = flow.FirstLayerRecord(linear, norm, 0.1)
+    with pytest.raises(RuntimeError, match="after an SGD step"):
+        record(1, torch.nn.Sequential(linear, norm))
+
+
 def test_bn_graph_draws_every_node_and_edge():
     ax = diagram.draw_bn_graph()
     texts = [t.get_text() for t in ax.texts]
     for _, _, label in diagram.BN_NODES.values():
         assert label in texts
-    for *_, label in diagram.BN_EDGES:  # every arrow carries its local derivative
+    for _, _, _, label, *_ in diagram.BN_EDGES:  # every arrow carries its local derivative
         assert label and label in texts
     arrows = [c for c in ax.get_children() if isinstance(c, Annotation)]
     assert len(arrows) == len(diagram.BN_EDGES)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["the direct path", r"through $\mu$", r"through $\sigma^2$", "parameters"]
+    # shown at its own size in the book's column (about 7 inches): nothing is shrunk
+    assert ax.figure.get_size_inches()[0] <= 6.5
     ax.figure.canvas.draw()  # the mathtext labels render
+    renderer = ax.figure.canvas.get_renderer()
+    labels = [t for t in ax.texts if not isinstance(t, Annotation)]  # not the arrows
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    figure_box = ax.figure.bbox
+    for t, box in zip(labels, boxes, strict=True):  # every label inside the figure
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1, t.get_text()
+        assert figure_box.y0 <= box.y0 and box.y1 <= figure_box.y1, t.get_text()
+    node_boxes = [t.get_bbox_patch().get_window_extent(renderer) for t in labels
+                  if t.get_bbox_patch() is not None]
+    for i, a in enumerate(node_boxes):  # no two nodes overlap
+        for b in node_boxes[i + 1:]:
+            assert not a.overlaps(b)
+    for t, box in zip(labels, boxes, strict=True):  # no arrow label covers a node
+        if t.get_bbox_patch() is None:
+            assert not any(box.overlaps(n) for n in node_boxes), t.get_text()
     plt.close(ax.figure)
 
 
-def test_draw_graph_rejects_unknown_nodes_and_paths():
+def test_draw_graph_rejects_unknown_nodes_paths_and_offsets():
     nodes = {"a": (0, 0, "a"), "b": (1, 0, "b")}
     with pytest.raises(ValueError, match="unknown node"):
         diagram.draw_graph(nodes, [("a", "c", "direct", "")])
     with pytest.raises(ValueError, match="has path 'nope'"):
         diagram.draw_graph(nodes, [("a", "b", "nope", "")])
+    with pytest.raises(ValueError, match="non-zero number of inches"):
+        diagram.draw_graph(nodes, [("a", "b", "direct", "x", 0)])
+    plt.close("all")
+
+
+def test_edge_label_offset_picks_the_side():
+    nodes = {"a": (0, 0, "a"), "b": (2, 0, "b")}
+    ax = diagram.draw_graph(nodes, [("a", "b", "direct", "above"), ("b", "a", "mu", "below", 0.3)])
+    label_y = {t.get_text(): t.get_position()[1] for t in ax.texts}
+    # a rightward arrow's left is up; a leftward arrow's left is down
+    assert label_y["above"] == pytest.approx(0.1) and label_y["below"] == pytest.approx(-0.3)
+    plt.close(ax.figure)

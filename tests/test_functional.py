@@ -166,7 +166,7 @@ def test_float32_variance_is_accurate_with_a_large_offset(kernels):
     [
         (torch.randn(5), "expected an input of shape \\(N, C\\) or \\(N, C, \\*\\), got 1D"),
         (torch.ones(4, 3, dtype=torch.long), "expected a floating-point input.*got dtype torch.int64"),
-        (torch.randn(1, 3), "expected more than 1 value per channel when training.*\\(1, 3\\)"),
+        (torch.randn(1, 3), "more than 1 value per channel when training, got 1 in .*\\(1, 3\\)"),
         (torch.randn(1, 3, 1, 1), "expected more than 1 value per channel when training"),
     ],
 )
@@ -198,10 +198,30 @@ def test_one_example_is_fine_in_eval_mode():
     torch.testing.assert_close(out, x)
 
 
-def test_batch_norm_has_torchs_signature():
+def test_batch_norm_has_torchs_signature_and_one_keyword_only_switch():
     import inspect
 
     ours, ref = inspect.signature(F.batch_norm), inspect.signature(TF.batch_norm)
-    assert [(p.name, p.default) for p in ours.parameters.values()] == [
-        (p.name, p.default) for p in ref.parameters.values()
-    ]
+    params = [(p.name, p.default, p.kind) for p in ours.parameters.values()]
+    assert params[:-1] == [(p.name, p.default, p.kind) for p in ref.parameters.values()]
+    assert params[-1] == ("compiled", False, inspect.Parameter.KEYWORD_ONLY)
+
+
+@pytest.mark.parametrize(("training", "eps", "match"), [
+    (True, 0.0, "eps must be positive when training.*got 0.0"),
+    (True, -1.0, "eps must be positive when training.*got -1.0"),
+    (False, -1.0, "eps must be non-negative, got -1.0"),
+])
+def test_bad_eps_raises_as_torchs(training, eps, match):
+    with pytest.raises(ValueError, match=match):
+        F.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=training, eps=eps)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (0,), (3, 0)])
+@pytest.mark.parametrize("training", [True, False])
+def test_empty_input_gives_an_empty_output_and_leaves_the_statistics(shape, training):
+    c = shape[1] if len(shape) > 1 else 0
+    stats = [torch.zeros(c), torch.ones(c)]
+    out = F.batch_norm(torch.randn(shape), *stats, training=training)
+    assert out.shape == shape
+    torch.testing.assert_close(stats, [torch.zeros(c), torch.ones(c)])

@@ -286,6 +286,54 @@ def test_accuracy_and_predict_reject_bad_input():
         inf.predict(model, x, "batch", 1)
 
 
+# --- porting to Keras' convention and back --------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["bn", "torch_bn"])
+def test_port_to_keras_and_back_keeps_the_eval_outputs(norm):
+    layer = _trained_like(norm)[1].float()
+    x = torch.randn(20, 6, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    keras = inf.torch_to_keras(layer.eval())
+    back = inf.keras_to_torch(keras)
+    assert not keras.training and not back.training
+    assert keras.epsilon == layer.eps and keras.momentum == pytest.approx(1 - layer.momentum)
+    torch.testing.assert_close(keras.moving_variance, layer.running_var)  # copied as it is
+    with torch.no_grad():
+        torch.testing.assert_close(keras(x), layer(x))
+        torch.testing.assert_close(back(x), layer(x))
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(getattr(back, name), getattr(layer, name))
+    assert back.eps == layer.eps and back.momentum == pytest.approx(layer.momentum)
+
+
+def test_keras_style_layer_trains_with_keras_convention():
+    """Training mode: batch statistics, moving averages weighted the Keras way, biased variance."""
+    gen = torch.Generator().manual_seed(4)
+    keras = inf.KerasStyleBatchNorm(3, momentum=0.9, epsilon=1e-5)
+    ours = bn.nn.BatchNorm1d(3, momentum=0.1)
+    for _ in range(5):
+        x = torch.randn(8, 3, generator=gen) * 3 + 1
+        torch.testing.assert_close(keras(x), ours(x))
+    torch.testing.assert_close(keras.moving_mean, ours.running_mean)
+    # after the first update both hold 0.9 * 1 plus the batch terms; their batch terms differ by 7/8
+    torch.testing.assert_close(keras.moving_variance - 0.9**5, (ours.running_var - 0.9**5) * 7 / 8)
+    gamma, beta, mean, var = keras.get_weights()
+    assert torch.equal(mean, keras.moving_mean) and mean is not keras.moving_mean
+
+
+def test_porting_rejects_bad_input():
+    with pytest.raises(ValueError, match="running statistics"):
+        inf.torch_to_keras(bn.nn.BatchNorm1d(3, track_running_stats=False))
+    with pytest.raises(ValueError, match="cumulative"):
+        inf.torch_to_keras(bn.nn.BatchNorm1d(3, momentum=None))
+    with pytest.raises(TypeError, match="KerasStyleBatchNorm"):
+        inf.keras_to_torch(bn.nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match="4 weights"):
+        inf.KerasStyleBatchNorm(3).set_weights([torch.ones(3)])
+    with pytest.raises(ValueError, match=r"shape \(N, 3\)"):
+        inf.KerasStyleBatchNorm(3)(torch.ones(4, 2))
+
+
 # --- noise of the batch statistics --------------------------------------------------------------
 
 
@@ -324,3 +372,63 @@ def test_mean_noise_theory_and_power_law_slope():
     assert intercept == pytest.approx(math.log(3))
     with pytest.raises(ValueError, match="same length"):
         inf.power_law_slope([1, 2], [1])
+
+
+# --- many networks at once ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _small_split(n=60, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 8, generator=gen, dtype=torch.float64)
+    y = (x[:, :4].sum(1) > x[:, 4:].sum(1)).long() + 2 * (x[:, 0] > 0.5).long()
+    return bn.data.Split(x, y, x[:10], y[:10])
+
+
+@pytest.mark.parametrize("norm", ["bn", "torch_bn", "layer", "group", None])
+def test_train_many_equals_separate_runs(norm, float64):
+    """In float64 the stacked run gives each network exactly what bn.train.train gives it."""
+    data, sizes = _small_split(), [8, 32, 32, 4]  # group norm: 8 groups of 4
+    many = inf.train_many(sizes, norm, data, [0.05, 0.5], [0, 3], steps=17, batch_size=8)
+    assert list(many) == [(0.05, 0), (0.05, 3), (0.5, 0), (0.5, 3)]
+    for (lr, seed), model in many.items():
+        bn.seed_everything(seed)
+        ref = bn.models.mlp(sizes, norm=norm)
+        bn.train.train(ref, data, 17, lr, batch_size=8, eval_every=17, seed=seed, progress=False)
+        got, want = model.state_dict(), ref.state_dict()
+        assert list(got) == list(want)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12)
+
+
+def test_train_many_keeps_a_diverging_run_to_itself(float64):
+    data, sizes = _small_split(), [8, 16, 4]
+    alone = inf.train_many(sizes, None, data, [0.1], [1], steps=10, batch_size=4)
+    mixed = inf.train_many(sizes, None, data, [0.1, 1e200], [1], steps=10, batch_size=4)
+    assert not all(torch.isfinite(p).all() for p in mixed[(1e200, 1)].parameters())
+    for p, q in zip(alone[(0.1, 1)].state_dict().values(), mixed[(0.1, 1)].state_dict().values(),
+                    strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_train_many_rejects_bad_input():
+    data = _small_split()
+    data = bn.data.Split(*(t.float() if t.is_floating_point() else t for t in
+                           (data.x_train, data.y_train, data.x_test, data.y_test)))
+    with pytest.raises(ValueError, match="distinct seeds"):
+        inf.train_many([8, 4], None, data, [0.1], [1, 1], 5, 4)
+    with pytest.raises(ValueError, match="steps must be"):
+        inf.train_many([8, 4], None, data, [0.1], [1], 0, 4)
+    with pytest.raises(ValueError, match=r"batch_size must be an int in \[2, 60\]"):
+        inf.train_many([8, 4], None, data, [0.1], [1], 5, 1)
+    with pytest.raises(ValueError, match="float momentum"):
+        inf._check_stackable([bn.nn.BatchNorm1d(4, momentum=None)])
+    with pytest.raises(ValueError, match="parameter-free"):
+        inf._check_stackable([nn.Conv1d(2, 2, 1)])

@@ -147,3 +147,10 @@ def test_bad_input_raises_a_clear_error(layer, x, match):
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="num_features must be a positive int, got 0"):
         bn.nn.BatchNorm1d(0)
+
+
+def test_an_empty_batch_in_training_is_counted_but_leaves_the_statistics():
+    layer = bn.nn.BatchNorm2d(3)
+    out = layer(torch.randn(0, 3, 2, 2))
+    assert out.shape == (0, 3, 2, 2) and int(layer.num_batches_tracked) == 1
+    torch.testing.assert_close(layer.running_mean, torch.zeros(3))

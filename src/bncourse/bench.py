@@ -1,20 +1,23 @@
 """Benchmark: this package's ``batch_norm`` against PyTorch's, on the default device.
 
     python -m bncourse.bench            # full run
-    python -m bncourse.bench --quick    # fewer repetitions, under 30 s on a 2-core CPU
+    python -m bncourse.bench --quick    # fewer repetitions
 
-Times are medians of interleaved runs (ours and PyTorch's alternate, so drifting clocks and caches
-hurt both alike). GB/s counts the bytes a fused kernel must move at least: forward reads x and
-writes y; forward+backward adds reading dy and x and writing dx. Peak memory is measured per case
-in a fresh process on the CPU (the growth of the resident-set high-water mark, with glibc told to
-return every large block to the OS on free so that RSS follows the live tensors) and with
-``max_memory_allocated`` on CUDA; it is reported in input-sized tensors above the inputs.
+Three contenders: PyTorch's ``torch.nn.functional.batch_norm``, ours with the eager kernels
+(:mod:`bncourse.tuned`) and ours compiled (``compiled=True``, :mod:`bncourse.compiled`). Times are
+medians of interleaved runs (the contenders alternate, so drifting clocks and caches hurt all alike);
+the compiled path's first call, which compiles, is timed apart. GB/s counts the bytes a fused kernel
+must move at least: forward reads x and writes y; forward+backward adds reading dy and x and writing
+dx. The roof is the measured bandwidth of copying a tensor of the input's size. Peak memory is
+measured per case in a fresh process on the CPU (the growth of the resident-set high-water mark,
+with glibc told to return every large block to the OS on free so that RSS follows the live tensors)
+and with ``max_memory_allocated`` on CUDA; it is reported in input-sized tensors above the inputs.
 """
 
 import argparse
+import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -24,9 +27,11 @@ import torch.nn.functional as TF
 
 from . import functional as F
 from .device import default_device
+from .hardware import TENSOR_PASSES, copy_bandwidth, sync, time_interleaved
 
 SHAPES = [(16384, 256), (32, 64, 56, 56)]
-IMPLS = {"torch": TF.batch_norm, "ours": F.batch_norm}
+IMPLS = {"torch": TF.batch_norm, "eager": F.batch_norm,
+         "compiled": functools.partial(F.batch_norm, compiled=True)}
 
 
 def make_inputs(shape, device, seed=0):
@@ -55,26 +60,7 @@ def eval_step(fn, t):
         fn(t["x"], t["running_mean"], t["running_var"], t["weight"], t["bias"], training=False)
 
 
-MODES = {"train fwd+bwd": (train_step, 5), "eval fwd": (eval_step, 2)}  # bytes moved, in tensors
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(step, inputs, device, reps, warmup=3):
-    """Median milliseconds of ``step(fn, inputs)`` per implementation, runs alternating."""
-    times = {name: [] for name in IMPLS}
-    for i in range(warmup + reps):
-        for name, fn in IMPLS.items():
-            sync(device)
-            start = time.perf_counter()
-            step(fn, inputs)
-            sync(device)
-            if i >= warmup:
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+MODES = {"train fwd+bwd": train_step, "eval": eval_step}
 
 
 def peak_memory(impl, shape, device):
@@ -117,32 +103,46 @@ def cpu_peak_child(impl, shape):
     print(json.dumps(proc_status_bytes("VmHWM") - before))
 
 
+def first_call_seconds(step, inputs, device) -> float:
+    """Seconds of the compiled path's first call: compilation, or loading it from Inductor's cache."""
+    sync(device)
+    start = time.perf_counter()
+    step(IMPLS["compiled"], inputs)
+    sync(device)
+    return time.perf_counter() - start
+
+
 def run(quick: bool = False, device=None) -> float:
+    """Print the table; return the worst ratio of the compiled path's time to PyTorch's."""
     device = device or default_device()
     reps = 7 if quick else 30
-    print(f"bncourse benchmark on {device} (torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads), float32, median of {reps} interleaved runs")
-    header = f"{'shape':<18} {'mode':<14} {'torch ms':>9} {'ours ms':>9} {'torch GB/s':>10} " \
-             f"{'ours GB/s':>10} {'ratio':>6}"
+    print(f"bncourse benchmark on {device} (torch {torch.__version__}, {torch.get_num_threads()} threads), "
+          f"float32, median of {reps} interleaved runs")
+    header = (f"{'shape':<17} {'mode':<13} {'compile s':>9} {'torch ms':>8} {'eager ms':>8} "
+              f"{'comp ms':>8} {'roof GB/s':>9} {'torch %':>7} {'comp %':>6} {'eager/t':>7} {'comp/t':>6}")
     print(header)
     print("-" * len(header))
     worst = 0.0
     for shape in SHAPES:
         inputs = make_inputs(shape, device)
         nbytes = inputs["x"].numel() * inputs["x"].element_size()
-        for mode, (step, tensors) in MODES.items():
-            ms = time_interleaved(step, inputs, device, reps)
-            ratio = ms["ours"] / ms["torch"]
+        roof = copy_bandwidth(nbytes, device, reps=reps)
+        for mode, step in MODES.items():
+            compile_s = first_call_seconds(step, inputs, device)
+            fns = {name: functools.partial(step, fn, inputs) for name, fn in IMPLS.items()}
+            ms = {k: v * 1e3 for k, v in time_interleaved(fns, reps, device=device).items()}
+            ratio = ms["compiled"] / ms["torch"]
             worst = max(worst, ratio)
-            gbs = {k: tensors * nbytes / (v * 1e-3) / 1e9 for k, v in ms.items()}
-            print(f"{str(shape):<18} {mode:<14} {ms['torch']:>9.2f} {ms['ours']:>9.2f} "
-                  f"{gbs['torch']:>10.1f} {gbs['ours']:>10.1f} {ratio:>6.2f}")
+            pct = {k: 100 * TENSOR_PASSES[mode] * nbytes / (v * 1e-3) / 1e9 / roof for k, v in ms.items()}
+            print(f"{str(shape):<17} {mode:<13} {compile_s:>9.1f} {ms['torch']:>8.2f} {ms['eager']:>8.2f} "
+                  f"{ms['compiled']:>8.2f} {roof:>9.1f} {pct['torch']:>6.0f}% {pct['compiled']:>5.0f}% "
+                  f"{ms['eager'] / ms['torch']:>7.2f} {ratio:>6.2f}")
+    print("(% = the fraction of the copy roof: bytes a fused kernel must move / time / copy bandwidth)")
     print()
     print("peak memory of one train forward+backward, above the inputs (in input-sized tensors):")
     for shape in SHAPES:
         peaks = {impl: peak_memory(impl, shape, device) for impl in IMPLS}
-        print(f"  {str(shape):<18} torch {peaks['torch']:.2f}   ours {peaks['ours']:.2f}   "
-              f"ours - torch {peaks['ours'] - peaks['torch']:+.2f}")
+        print(f"  {str(shape):<18} " + "   ".join(f"{k} {v:.2f}" for k, v in peaks.items()))
     print()
     print(f"worst ratio vs torch: {worst:.2f}")
     return worst
@@ -150,7 +150,7 @@ def run(quick: bool = False, device=None) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bncourse.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (under 30 s on a CPU)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--device", help="device to run on (default: bncourse.default_device())")
     args = parser.parse_args(argv)
     run(args.quick, torch.device(args.device) if args.device else None)

@@ -7,7 +7,8 @@
   with the other examples of its batch.
 * :func:`lr_sweep`, :func:`scale_sweep` -> :class:`Sweep`: final accuracy over learning rates or
   initial weight scales, several seeds each.
-* :func:`preactivations`, :func:`layer_grad_norms`: probes of a network on one batch.
+* :func:`preactivations`, :func:`preactivation_stats`, :func:`layer_grad_norms`,
+  :func:`head_probe`: probes of a network on one batch.
 * :class:`NoisyBatchNorm1d`: batch norm followed by noise that moves every step (Santurkar et al.).
 * :func:`gradient_step_probe`, :class:`LandscapeTracker`: loss and gradient along the gradient
   direction (loss smoothness and gradient predictiveness, Santurkar et al.).
@@ -34,8 +35,8 @@ from .train import train
 
 __all__ = [
     "LandscapeTracker", "NoisyBatchNorm1d", "Sweep", "batch_noise", "bn_linear", "bn_linear_grad",
-    "gradient_step_probe", "layer_grad_norms", "lr_sweep", "noisy_mlp", "predicted_batch_noise",
-    "preactivations", "scale_sweep", "scaled_digits",
+    "gradient_step_probe", "head_probe", "layer_grad_norms", "lr_sweep", "noisy_mlp", "predicted_batch_noise",
+    "preactivation_stats", "preactivations", "scale_sweep", "scaled_digits",
 ]
 
 
@@ -195,6 +196,25 @@ def preactivations(model: nn.Module, x: torch.Tensor, training: bool = True) -> 
     return seen
 
 
+def preactivation_stats(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per nonlinearity of ``model`` on ``x`` (input side first), each averaged over its units.
+
+    ``"spread"``: a unit's standard deviation over the examples (the part of its input that
+    carries the example); ``"offset"``: the absolute value of its mean over the examples;
+    ``"sigmoid_slope"``: ``sigma'(z) = sigma(z) (1 - sigma(z))``, averaged over examples too;
+    ``"sigmoid_slope_rms"``: its root mean square, which sets how much a backward pass through the
+    layer shrinks a random gradient. Training-mode forward (batch statistics), as
+    :func:`preactivations`.
+    """
+    zs = preactivations(model, x)
+    slopes = [torch.sigmoid(z) * (1 - torch.sigmoid(z)) for z in zs]
+    stats = {"spread": [z.std(0, unbiased=False).mean() for z in zs],
+             "offset": [z.mean(0).abs().mean() for z in zs],
+             "sigmoid_slope": [s.mean() for s in slopes],
+             "sigmoid_slope_rms": [s.pow(2).mean().sqrt() for s in slopes]}
+    return {k: torch.stack(v).cpu() for k, v in stats.items()}
+
+
 def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The l2 norm of the cross-entropy gradient for each Linear weight, input layer first.
 
@@ -207,6 +227,36 @@ def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
         raise ValueError("expected a model with at least one nn.Linear layer, found none")
     grads = torch.autograd.grad(nn.functional.cross_entropy(probe(x), y), weights)
     return torch.stack([g.norm() for g in grads]).detach().cpu()
+
+
+def head_probe(model: nn.Module, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[float, float, float]:
+    """How the output layer (the last ``nn.Linear``) sees a batch: ``(loss, class_gap, mean_input_sq)``.
+
+    ``loss``: the mean cross-entropy on ``(x, y)``. ``class_gap``: the largest gap, over the
+    classes, between the mean predicted probability and the class's share of the labels ``y``.
+    ``mean_input_sq``: ``||a_bar||^2``, the squared norm of the output layer's input averaged over
+    ``x``. When that input hardly differs between examples, an
+    SGD step on the layer moves every example's logits together, ``1 + ||a_bar||^2`` times as far
+    as the step on the bias alone. Training-mode forward; ``model`` is left unchanged.
+    """
+    _check_model(model)
+    probe = copy.deepcopy(model).train()
+    linears = [m for m in probe.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("expected a model with at least one nn.Linear layer, found none")
+    seen: list[torch.Tensor] = []
+    hook = linears[-1].register_forward_hook(lambda _m, inp, _out: seen.append(inp[0]))
+    with torch.no_grad():
+        logits = probe(x)
+    hook.remove()
+    if logits.dim() != 2 or y.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits of shape (N, classes) and N labels, got "
+                         f"{tuple(logits.shape)} and {tuple(y.shape)}")
+    share = torch.bincount(y, minlength=logits.shape[1]).to(logits.dtype) / len(y)
+    gap = (logits.softmax(1).mean(0) - share).abs().max().item()
+    loss = nn.functional.cross_entropy(logits, y).item()
+    return loss, gap, (seen[0].mean(0) ** 2).sum().item()
 
 
 # ------------------------------------------------------------------------------------ noisy BN

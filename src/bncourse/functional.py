@@ -7,7 +7,8 @@ These are the kernels a reader learns from: each line is one step of the paper's
 variance is taken in two passes, ``mean((x - mean)**2)``: the one-pass form ``E[x**2] - E[x]**2``
 loses every digit in float32 when the data has a large offset. :mod:`bncourse.tuned` computes the
 same values with fewer passes over memory; :func:`batch_norm` and the layers of :mod:`bncourse.nn`
-run those.
+run those, or, with ``compiled=True``, these kernels compiled by ``torch.compile``
+(:mod:`bncourse.compiled`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_backward_fused",
+    "batch_norm_eval",
     "batch_norm_forward",
 ]
 
@@ -83,11 +85,21 @@ def check_input(x: torch.Tensor, training: bool) -> None:
             f"expected an input of shape (N, C) or (N, C, *), got {x.dim()}D input of shape "
             f"{tuple(x.shape)}"
         )
-    if training and x.numel() // x.shape[1] <= 1:
+    count = x.numel() // x.shape[1] if x.shape[1] else 0
+    if training and count <= 1:
+        why = " (x - mean is 0 whatever x is)" if count == 1 else ""
         raise ValueError(
-            "expected more than 1 value per channel when training, got input of shape "
-            f"{tuple(x.shape)} (1 value per channel: x - mean is 0 whatever x is)"
+            f"expected more than 1 value per channel when training, got {count} in the input of "
+            f"shape {tuple(x.shape)}{why}"
         )
+
+
+def check_eps(eps: float, training: bool) -> None:
+    """As PyTorch: ``eps > 0`` in training (a constant channel has variance 0), ``eps >= 0`` in eval."""
+    if training and eps <= 0:
+        raise ValueError(f"eps must be positive when training (1/sqrt(var + eps) must be finite), got {eps}")
+    if eps < 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
 
 
 def check_channel_vector(v: torch.Tensor | None, name: str, x: torch.Tensor) -> None:
@@ -103,13 +115,17 @@ def check_channel_vector(v: torch.Tensor | None, name: str, x: torch.Tensor) -> 
 
 @torch.no_grad()
 def batch_norm_forward(
-    x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float = 1e-5
+    x: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    eps: float = 1e-5,
 ) -> tuple[torch.Tensor, BatchNormCache]:
     """Training-mode forward: normalize with the batch statistics, then scale and shift.
 
-    ``x`` has shape ``(N, C)`` or ``(N, C, *)``; ``gamma`` and ``beta`` have shape ``(C,)`` (``None``
-    means 1 and 0). Returns ``(out, cache)``. Like the backward kernels it computes values only (no
-    autograd graph): :func:`batch_norm` is the differentiable version.
+    ``x`` has shape ``(N, C)`` or ``(N, C, *)``; ``gamma`` and ``beta`` have shape
+    ``(C,)`` (``None`` means 1 and 0). Returns ``(out, cache)``. Like the backward
+    kernels it computes values only (no autograd graph): :func:`batch_norm` is the
+    differentiable version.
     """
     check_input(x, training=True)
     check_channel_vector(gamma, "gamma", x)
@@ -140,8 +156,9 @@ def batch_norm_backward(dout: torch.Tensor, cache: BatchNormCache):
     """Backward pass, staged: back through each node of the forward graph in turn.
 
     The graph is ``mu = mean(x)``, ``x_mu = x - mu``, ``var = mean(x_mu**2)``,
-    ``inv_std = 1/sqrt(var + eps)``, ``x_hat = x_mu * inv_std``, ``out = gamma * x_hat + beta``.
-    Returns ``(dx, dgamma, dbeta)``. Slower than :func:`batch_norm_backward_fused`; written to be read.
+    ``inv_std = 1/sqrt(var + eps)``, ``x_hat = x_mu * inv_std``,
+    ``out = gamma * x_hat + beta``. Returns ``(dx, dgamma, dbeta)``. Slower than
+    :func:`batch_norm_backward_fused`; written to be read.
     """
     x_mu, m, dims = cache.x_mu, cache.count, cache.dims
     view = lambda v: channel_view(v, x_mu)  # noqa: E731
@@ -177,7 +194,8 @@ def batch_norm_backward_fused(dout: torch.Tensor, cache: BatchNormCache):
     x_hat = cache.x_hat
     dbeta = dout.sum(dims)
     dgamma = (dout * x_hat).sum(dims)
-    dx = view(gamma * cache.inv_std / m) * (m * dout - view(dbeta) - x_hat * view(dgamma))
+    scale = gamma * cache.inv_std / m
+    dx = view(scale) * (m * dout - view(dbeta) - x_hat * view(dgamma))
     return dx, dgamma, dbeta
 
 
@@ -190,6 +208,8 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Batch normalization with the signature and semantics of ``torch.nn.functional.batch_norm``.
 
@@ -197,27 +217,53 @@ def batch_norm(
     updates them in place: ``new = (1 - momentum) * old + momentum * batch`` (the variance
     unbiased). Eval mode normalizes with the running statistics. Differentiable through this
     package's own backward (:class:`bncourse.autograd.BatchNormFunction`).
+
+    ``compiled=True`` runs the kernels of this module compiled by ``torch.compile``
+    (:mod:`bncourse.compiled`): the same values, faster, after a compilation of seconds to a minute
+    the first time; where no compiler is available it warns once and runs the eager kernels.
     """
+    from . import compiled as C
     from .autograd import BatchNormFunction
 
+    check_eps(eps, training)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(
+            "expected running_mean and running_var in eval mode (training=False), got None; "
+            "pass training=True to normalize with the batch statistics"
+        )
+    if isinstance(input, torch.Tensor) and input.numel() == 0:  # as PyTorch: empty out, no update
+        return input.clone() if input.dim() < 2 else affine(input, weight, bias)
     check_input(input, training)
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
         check_channel_vector(v, name, input)
     check_channel_vector(weight, "weight", input)
     check_channel_vector(bias, "bias", input)
     if training:
-        out, mean, var = BatchNormFunction.apply(input, weight, bias, eps)
+        train = C.batch_norm_train if compiled else BatchNormFunction.apply
+        out, mean, var = train(input, weight, bias, eps)
         update_running_stats(running_mean, running_var, mean, var, momentum, input)
         return out
-    if running_mean is None or running_var is None:
-        raise ValueError(
-            "expected running_mean and running_var in eval mode (training=False), got None; "
-            "pass training=True to normalize with the batch statistics"
-        )
+    evaluate = C.batch_norm_eval if compiled else batch_norm_eval
+    return evaluate(input, running_mean, running_var, weight, bias, eps)
+
+
+def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
+    """Eval-mode batch norm: one scale and one shift per channel, applied in one pass over ``x``."""
+    scale, shift = eval_scale_shift(running_mean, running_var, weight, bias, eps)
+    return scale_shift(x, scale, shift)
+
+
+def eval_scale_shift(running_mean, running_var, weight, bias, eps):
+    """``(scale, shift)`` per channel: ``gamma * (x - mean) / sqrt(var + eps) + beta = scale * x + shift``."""
     inv_std = torch.rsqrt(running_var + eps)
     scale = inv_std if weight is None else weight * inv_std
     shift = -running_mean * scale if bias is None else bias - running_mean * scale
-    return torch.addcmul(channel_view(shift, input), input, channel_view(scale, input))
+    return scale, shift
+
+
+def scale_shift(x, scale, shift):
+    """``scale * x + shift`` per channel, one kernel."""
+    return torch.addcmul(channel_view(shift, x), x, channel_view(scale, x))
 
 
 @torch.no_grad()

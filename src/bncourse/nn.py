@@ -2,7 +2,8 @@
 
 Same constructor (``bias=False`` keeps only the scale, as in recent PyTorch), parameters, buffers
 and ``state_dict`` keys as ``torch.nn.BatchNorm*d``, so either loads the other's state; train/eval
-follows ``self.training``.
+follows ``self.training``. One addition: ``compiled=True`` (keyword only) runs the kernels compiled
+by ``torch.compile`` (:mod:`bncourse.compiled`); the default runs the eager kernels.
 """
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 
 
 class _BatchNorm(nn.Module):
@@ -29,6 +30,7 @@ class _BatchNorm(nn.Module):
         dtype=None,
         *,
         bias: bool = True,
+        compiled: bool = False,
     ):
         super().__init__()
         if not isinstance(num_features, int) or num_features < 1:
@@ -39,6 +41,7 @@ class _BatchNorm(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
+        self.compiled = compiled
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
             if bias:
@@ -108,6 +111,7 @@ class _BatchNorm(nn.Module):
             use_batch_stats,
             factor,
             self.eps,
+            compiled=self.compiled,
         )
 
     def extra_repr(self) -> str:
@@ -116,6 +120,7 @@ class _BatchNorm(nn.Module):
             "bias={bias}, track_running_stats={track_running_stats}".format(
                 **self.__dict__, bias=self.bias is not None
             )
+            + (", compiled=True" if self.compiled else "")
         )
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args):
@@ -146,3 +151,6 @@ class BatchNorm3d(_BatchNorm):
 
     _input_dims = (5,)
     _layout = "(N, C, D, H, W)"
+
+
+from .sync import SyncBatchNorm  # noqa: E402  (sync builds on _BatchNorm above)

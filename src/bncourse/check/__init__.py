@@ -6,8 +6,11 @@ One module per chapter; every check is re-exported here, so a notebook calls ``b
 
 from .benefits import *  # noqa: F403
 from .core import CheckFailed
+from .devices import *  # noqa: F403
 from .flow import *  # noqa: F403
+from .hardware import *  # noqa: F403
 from .inference import *  # noqa: F403
 from .practice import *  # noqa: F403
 from .problem import *  # noqa: F403
 from .scaling import *  # noqa: F403
+from .shift import *  # noqa: F403

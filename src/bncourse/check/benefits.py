@@ -148,7 +148,7 @@ def largest_trainable_lr(fn) -> None:
         else:
             hint = f"expected {ref}, got {got}"
         raise CheckFailed(f"{name}: {hint} {where}")
-    passed(name, "6 sweeps: unsorted rates, NaN from diverged runs, none trainable")
+    passed(name, "6 sweeps: unsorted, with NaN, none trainable")
 
 
 def _history(steps: list[int], acc: list[float]) -> History:
@@ -316,7 +316,7 @@ def batch_jitter(fn) -> None:
             d = abs(math.log(got / v))
             distance[m] = max(distance[m], d / hints[m][1])
     if first_miss is None:
-        passed(name, "4 random units, batches of 3 and 4, against all possible batches")
+        passed(name, "4 random units, batches of 3 and 4, all possible batches")
         return
     likely = min(distance, key=distance.get)
     if distance[likely] < 1:
@@ -387,4 +387,4 @@ def noisy_batch_norm(fn) -> None:
             if abs(u.mean() - 0.5) > 0.06 or abs(u.std() / math.sqrt(1 / 12) - 1) > 0.15:
                 raise CheckFailed(f"{name}: the {what} are not uniform over their range: over "
                                   f"{len(u)} units their mean and spread are off {where}")
-    passed(name, "3 noise levels, 500 units, two calls each: per-unit, fresh, uniform noise")
+    passed(name, "3 noise levels, 500 units: per-unit, fresh, uniform noise")

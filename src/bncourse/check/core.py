@@ -1,6 +1,13 @@
-"""What every exercise check shares: the failure type and the one-line pass message."""
+"""What every exercise check shares: the failure type, the one-line pass message, and calling the
+learner's function, which also enforces "write your own" where an exercise asks for it."""
 
+import functools
+import importlib
+import os
+import sys
+import types
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
@@ -9,17 +16,48 @@ class CheckFailed(AssertionError):
     """The learner's answer is wrong; the message says how."""
 
 
+# What an exercise asks the learner to write without, by check name: the batch-norm kernels where the
+# exercise is to write batch norm's arithmetic, and what the exercise's text excludes. While the
+# learner's function runs inside its check, calling any of these (a module, a function, or a C
+# function of torch, by name) raises "write your own", even through a name imported earlier or
+# inside a try/except.
+TORCH_BATCH_NORM = ("torch.nn.functional.batch_norm", "torch.nn.modules.batchnorm",
+                    *(f"torch.{n}" for n in dir(torch) if "batch_norm" in n))
+KERNELS = (*TORCH_BATCH_NORM, "bncourse.functional", "bncourse.tuned", "bncourse.nn", "bncourse.autograd")
+AUTOGRAD = ("torch.autograd.grad", "torch.autograd.backward")
+WRITE_YOUR_OWN = {
+    "mse_gradient": AUTOGRAD,
+    "largest_stable_lr": ("bncourse.landscape",),
+    "standardize": ("bncourse.scaling",),
+    "identity_params": KERNELS,
+    "bn_forward": KERNELS,
+    "bias_shift": KERNELS,
+    "bn_backward": KERNELS + AUTOGRAD,
+    "numeric_gradient": ("bncourse.testing",),
+    "running_update": KERNELS,
+    "eval_batch_norm": TORCH_BATCH_NORM + ("bncourse", "torch.nn.functional"),
+    "group_norm": KERNELS + ("torch.nn.functional.group_norm", "torch.group_norm",
+                             "torch.nn.modules.normalization"),
+    "fold_linear_bn": ("bncourse.fold",),
+}
+
+
 def passed(name: str, detail: str = "") -> None:
     """Print the one-line pass message of check ``name``."""
     print(f"✔ {name}: correct" + (f" ({detail})" if detail else ""))
 
 
 def call(fn: Callable, *args, name: str):
-    """Call the learner's function, turning ``NotImplementedError`` into a clear failure."""
-    try:
-        return fn(*args)
-    except NotImplementedError as e:
-        raise CheckFailed(f"{name}: not attempted yet (the function raises NotImplementedError)") from e
+    """Call the learner's function for check ``name``.
+
+    ``NotImplementedError`` becomes a clear "not attempted" failure, and what ``WRITE_YOUR_OWN``
+    lists for the check raises a "write your own" failure.
+    """
+    with _write_your_own(name):
+        try:
+            return fn(*args)
+        except NotImplementedError as e:
+            raise CheckFailed(f"{name}: not attempted yet (the function raises NotImplementedError)") from e
 
 
 def as_tensor(value, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -32,3 +70,79 @@ def as_tensor(value, name: str, like: torch.Tensor) -> torch.Tensor:
             f"{name}: expected a result of shape {tuple(like.shape)}, got {tuple(t.shape)}"
         )
     return t.to(like.dtype)
+
+
+_CHECKS = os.path.dirname(__file__) + os.sep
+
+
+@functools.cache
+def _forbidden(names: tuple[str, ...]) -> tuple[dict, dict, dict]:
+    """``names`` sorted into source files (modules; a package is its folder), Python code objects
+    and C function names."""
+    files, codes, builtins = {}, {}, {}
+    for name in names:
+        try:
+            obj = importlib.import_module(name)
+        except ModuleNotFoundError:
+            module, attr = name.rsplit(".", 1)
+            obj = getattr(importlib.import_module(module), attr)
+        if isinstance(obj, types.ModuleType):
+            path = obj.__file__
+            if os.path.basename(path) == "__init__.py":
+                path = os.path.dirname(path) + os.sep
+            files[path] = name
+        elif isinstance(obj, types.FunctionType):
+            codes[obj.__code__] = name
+        else:
+            builtins[obj.__name__] = name
+    return files, codes, builtins
+
+
+def _used(names: tuple[str, ...], frame, event: str, arg) -> str | None:
+    """What of ``names`` a profiler event calls, or None."""
+    files, codes, builtins = _forbidden(names)
+    if event == "c_call":
+        return f"torch.{arg.__name__}" if getattr(arg, "__name__", None) in builtins else None
+    if event != "call":
+        return None
+    code = frame.f_code
+    path = code.co_filename
+    if path.startswith(_CHECKS):  # the checks themselves, and what they hand the learner's function
+        return None
+    if code in codes or path in files or any(p.endswith(os.sep) and path.startswith(p) for p in files):
+        return f"{frame.f_globals.get('__name__', '?')}.{getattr(code, 'co_qualname', code.co_name)}"
+    return None
+
+
+@contextmanager
+def _write_your_own(name: str):
+    """While the block runs, a call to what ``WRITE_YOUR_OWN[name]`` lists raises CheckFailed; the
+    block fails even if the learner's code catches that error."""
+    names = WRITE_YOUR_OWN.get(name)
+    if not names:
+        yield
+        return
+    used = []
+
+    def failure() -> CheckFailed:
+        return CheckFailed(f"{name}: write your own: your function calls {used[0]}, which this exercise "
+                           "asks you to do without")
+
+    def profile(frame, event, arg):
+        what = _used(names, frame, event, arg)
+        if what is not None:
+            used.append(what)
+            raise failure()
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield
+    except Exception:
+        if used:
+            raise failure() from None
+        raise
+    finally:
+        sys.setprofile(previous)
+    if used:
+        raise failure()

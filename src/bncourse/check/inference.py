@@ -164,7 +164,7 @@ def population_stats(fn) -> None:
                               f"combine per-chunk means and squared deviations")
         raise CheckFailed(f"{name}: the variance is wrong ({what}): expected {ref_var.tolist()}, "
                           f"got {var.tolist()}")
-    passed(name, f"exact on {len(cases)} sets of unequal chunks, one far from 0 in float32")
+    passed(name, f"exact on {len(cases)} sets of unequal chunks, one far from 0, float32")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def batch_mean_std(fn) -> None:
         raise CheckFailed(f"{name}: wrong result ({what}): expected sigma * sqrt((N - m) / ((N - 1) * m)) "
                           f"per channel, with sigma = x.std(0, unbiased=False): {ref.tolist()}, got "
                           f"{out.tolist()}")
-    passed(name, f"exact on {len(cases)} training sets, batches of 1 and of the whole set included")
+    passed(name, f"exact on {len(cases)} training sets, batches of 1 to the whole set")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def group_norm(fn) -> None:
                 raise CheckFailed(f"{name}: {hint} ({what})")
         raise CheckFailed(f"{name}: wrong output ({what}); each example's group of C // groups "
                           f"channels should come out with mean 0 and variance 1 (up to eps)")
-    passed(name, f"matches torch.nn.functional.group_norm on {len(cases)} inputs, batch of 1 included")
+    passed(name, f"as torch.nn.functional.group_norm on {len(cases)} inputs, a batch of 1 too")
 
 
 def _unbiased_group_norm(x: torch.Tensor, groups: int, eps: float) -> torch.Tensor:

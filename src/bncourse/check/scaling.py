@@ -104,7 +104,7 @@ def standardize(fn) -> None:
                           f"the output should have mean 0 and (biased) standard deviation 1; "
                           f"yours have means {z.mean(0).tolist()} and standard deviations "
                           f"{z.std(0, unbiased=False).tolist()}")
-    passed(name, "matches StandardScaler's rule on 4 random data sets, constant feature included")
+    passed(name, "as StandardScaler, 4 data sets, a constant column")
 
 
 def standardize_split(fn) -> None:
@@ -147,4 +147,4 @@ def standardize_split(fn) -> None:
                 raise CheckFailed(f"{name}: in z_train, {hint}")
         raise CheckFailed(f"{name}: z_train is not x_train standardized with its own mean and "
                           f"(biased) standard deviation")
-    passed(name, "both splits scaled with the training statistics only")
+    passed(name, "both splits scaled with the training statistics")

@@ -1,11 +1,16 @@
-"""The course's exercises in its notebooks: finding them, and making the student edition.
+"""The exercises of the chapter notebooks: finding them, nbgrader's cell metadata, the student edition.
 
 An exercise in a chapter notebook is (DESIGN.md section 4): a markdown cell with an ``{exercise}``
 directive (its ``:label:`` names the exercise), a code cell whose solution lies between nbgrader's
 ``### BEGIN SOLUTION`` and ``### END SOLUTION`` markers (folded away in the book by sphinx-exercise's
 gated ``{solution-start}``/``{solution-end}``), and a check cell calling ``bn.check``.
+
+nbgrader only acts on cells that carry its metadata, so :func:`with_nbgrader_metadata` writes it from
+the markers: the solution cell becomes an "autograded answer" (grade id ``LABEL-solution``), the check
+cell a locked "autograded test" worth ``points`` (grade id ``LABEL``).
 """
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +20,7 @@ import nbformat
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]
 LABEL = re.compile(r"^:label:\s*(\S+)", re.M)
+GRADE_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # what nbgrader accepts as a grade id
 EXERCISE = re.compile(r"\{exercise(?:-start)?\}")
 SOLUTION_START = re.compile(r"\{solution-start\}")
 SOLUTION_END = re.compile(r"\{solution-end\}")
@@ -25,11 +31,17 @@ NOTEBOOK_METADATA = ("kernelspec", "language_info")
 
 @dataclass
 class Exercise:
-    """One graded exercise: its label and the indices of its solution cells and its check cell."""
+    """One graded exercise: its label, its solution cells and its check cell (indices), its points."""
 
     label: str
     solution_cells: list[int]
     check_cell: int
+    points: float = 1
+
+    def solution_ids(self) -> list[str]:
+        """The grade ids of the solution cells: ``LABEL-solution``, then ``LABEL-solution-2``, ..."""
+        n = len(self.solution_cells)
+        return [f"{self.label}-solution" + (f"-{k + 1}" if k else "") for k in range(n)]
 
 
 def source(cell) -> str:
@@ -44,37 +56,73 @@ def is_check(cell) -> bool:
     return cell["cell_type"] == "code" and "check." in source(cell) and not is_solution(cell)
 
 
-def find_exercises(nb) -> list[Exercise]:
-    """The graded exercises of a notebook, in order; raises ValueError if one is malformed.
+def nbgrader_meta(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
 
-    An exercise runs from its ``{exercise}`` directive to the first check cell after it; the code
-    cells in between are its solution (so a learner's edited cells are found without markers).
-    An exercise with no check cell (a pen-and-paper one) is not graded.
+
+def find_exercises(nb) -> list[Exercise]:
+    """The graded exercises of an instructor notebook, in order; raises ValueError if one is malformed.
+
+    An exercise runs from its ``{exercise}`` directive to the first check cell after it; the cells
+    with solution markers in between are its solution. An exercise with no check cell (a
+    pen-and-paper one) is not graded. Points come from the check cell's nbgrader metadata (default 1).
     """
     found, label, cells = [], None, []
+
+    def unchecked():
+        if label is not None and cells:
+            raise ValueError(f"exercise {label}: a solution with no check cell after it")
+
     for i, cell in enumerate(nb.cells):
         text = source(cell)
         if cell["cell_type"] == "markdown" and EXERCISE.search(text):
-            if label is not None and any(is_solution(nb.cells[j]) for j in cells):
-                raise ValueError(f"exercise {label}: a solution with no check cell after it")
+            unchecked()
             match = LABEL.search(text)
             if match is None:
                 raise ValueError(f"cell {i}: an exercise directive needs a :label:")
             label, cells = match.group(1), []
+            if not GRADE_ID.match(label):
+                raise ValueError(f"cell {i}: label {label!r} must be letters, digits, '-' or '_' "
+                                 "(it becomes nbgrader's grade id)")
         elif label is not None and is_check(cell):
             if not cells:
                 raise ValueError(f"exercise {label}: a check cell with no solution cell before it")
-            found.append(Exercise(label, cells, i))
+            found.append(Exercise(label, cells, i, nbgrader_meta(cell).get("points", 1)))
             label, cells = None, []
-        elif label is not None and cell["cell_type"] == "code":
+        elif is_solution(cell):
+            if label is None:
+                raise ValueError(f"cell {i}: a solution with no exercise directive before it")
             if text.count(BEGIN) != text.count(END):
                 raise ValueError(f"cell {i} ({label}): unbalanced BEGIN/END SOLUTION markers")
             cells.append(i)
-        elif is_solution(cell):
-            raise ValueError(f"cell {i}: a solution with no exercise directive before it")
-    if label is not None and any(is_solution(nb.cells[j]) for j in cells):
-        raise ValueError(f"exercise {label}: a solution with no check cell after it")
+    unchecked()
+    labels = [e.label for e in found]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"two exercises share a label: {sorted(labels)}")
     return found
+
+
+def nbgrader_cells(nb) -> dict[int, dict]:
+    """nbgrader's metadata for every exercise cell of an instructor notebook, by cell index."""
+    meta = {}
+    for ex in find_exercises(nb):
+        for i, grade_id in zip(ex.solution_cells, ex.solution_ids(), strict=True):
+            meta[i] = {"grade": False, "grade_id": grade_id, "locked": False, "schema_version": 3,
+                       "solution": True, "task": False}
+        meta[ex.check_cell] = {"grade": True, "grade_id": ex.label, "locked": True, "points": ex.points,
+                               "schema_version": 3, "solution": False, "task": False}
+    return meta
+
+
+def with_nbgrader_metadata(nb):
+    """A copy of ``nb`` whose exercise cells carry nbgrader's metadata, and no other cell does."""
+    nb = copy.deepcopy(nb)
+    meta = nbgrader_cells(nb)
+    for i, cell in enumerate(nb.cells):
+        cell.setdefault("metadata", {}).pop("nbgrader", None)
+        if i in meta:
+            cell["metadata"]["nbgrader"] = meta[i]
+    return nb
 
 
 def solution_regions(text: str) -> list[list[str]]:
@@ -107,23 +155,27 @@ def strip_solution(text: str) -> str:
 
 
 def student_notebook(nb):
-    """A copy of ``nb`` with every solution replaced by the stub and nothing else of it kept.
+    """The student edition of an instructor notebook, as nbgrader's ``generate_assignment`` makes it.
 
     Solutions become ``raise NotImplementedError()``; every output, execution count, attachment and
-    metadata entry other than cell tags and the kernel spec is dropped; whole ``{solution}`` directives
-    in markdown cells are removed.
+    metadata entry other than cell tags, nbgrader's metadata and the kernel spec is dropped; check
+    cells are locked (neither editable nor deletable), solution cells not deletable; whole
+    ``{solution}`` directives in markdown cells are removed.
     """
-    nb = nbformat.from_dict(nb)  # a deep copy
+    nb = nbformat.from_dict(with_nbgrader_metadata(nb))
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in NOTEBOOK_METADATA}
     for cell in nb.cells:
-        tags = cell.get("metadata", {}).get("tags")
-        cell["metadata"] = {"tags": tags} if tags else {}
+        old = cell.get("metadata", {})
+        cell["metadata"] = {k: old[k] for k in ("tags", "nbgrader") if old.get(k)}
+        if nbgrader_meta(cell):
+            cell["metadata"]["deletable"] = False
+        if nbgrader_meta(cell).get("locked"):
+            cell["metadata"]["editable"] = False
         cell.pop("attachments", None)
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
             if is_solution(cell):
                 cell["source"] = strip_solution(source(cell))
-                cell["metadata"]["tags"] = sorted({*(tags or []), "solution"})
         elif cell["cell_type"] == "markdown":
             cell["source"] = SOLUTION_BLOCK.sub("", source(cell))
     return nb
@@ -143,12 +195,26 @@ def write_student_edition(book: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in chapter_notebooks(book):
-        nb = nbformat.read(path, as_version=4)
-        find_exercises(nb)  # refuse to write an edition of a malformed notebook
         target = out_dir / path.name
-        nbformat.write(student_notebook(nb), target)
+        nbformat.write(student_notebook(nbformat.read(path, as_version=4)), target)
         written.append(target)
     return written
+
+
+def write_nbgrader_metadata(book: Path, check: bool = False) -> list[Path]:
+    """Write nbgrader's metadata into every chapter notebook of ``book``; return those that changed.
+
+    With ``check``, write nothing: only report the notebooks whose metadata is missing or stale.
+    """
+    changed = []
+    for path in chapter_notebooks(book):
+        nb = nbformat.read(path, as_version=4)
+        updated = with_nbgrader_metadata(nb)
+        if updated != nb:
+            changed.append(path)
+            if not check:
+                nbformat.write(updated, path)
+    return changed
 
 
 def student_book_notebook(nb):
@@ -158,8 +224,9 @@ def student_book_notebook(nb):
     cell) is removed, and so are the outputs of the check cells.
     """
     nb = nbformat.from_dict(nb)
-    checks = {e.check_cell for e in find_exercises(nb)}
-    solutions = {i for e in find_exercises(nb) for i in e.solution_cells}
+    exercises = find_exercises(nb)
+    checks = {e.check_cell for e in exercises}
+    solutions = {i for e in exercises for i in e.solution_cells}
     cells, inside = [], False
     for i, cell in enumerate(nb.cells):
         text = source(cell)

@@ -1,0 +1,206 @@
+"""The fast path: the readable kernels of :mod:`bncourse.functional`, compiled by ``torch.compile``.
+
+Inductor, PyTorch's compiler, fuses each kernel into loops over memory: C++ with OpenMP on the CPU
+(it needs a C++ compiler, ``g++`` or ``clang++``), Triton on CUDA. The functions compiled are
+:func:`bncourse.functional.batch_norm_forward`, :func:`~bncourse.functional.batch_norm_backward_fused`
+and :func:`~bncourse.functional.scale_shift` (eval) themselves: the same math, the same two-pass variance.
+
+One thing changes, *how* a sum runs: Inductor's loop for the per-channel sum of an ``(N, C)`` tensor
+over dim 0 walks down the columns, 16 channels at a time, sweeping the whole tensor ``C / 16`` times
+with a stride of one row (read it with ``TORCH_LOGS=output_code``). :func:`batch_sum` sums blocks of
+rows first, whose sweeps stay in cache, then the blocks; it replaces ``sum``/``mean`` over dim 0 of
+2D tensors while Inductor lowers the kernels. Compiling takes seconds to a minute, once per
+function and input shape (a second shape compiles once more, for every size); Inductor also keeps
+its output on disk, so a new process reuses it.
+"""
+
+import contextlib
+import functools
+import os
+import shutil
+import sys
+import warnings
+
+import torch
+
+from . import functional as F
+
+__all__ = ["available", "backward", "batch_norm_eval", "batch_norm_train", "batch_sum", "compile_kernel",
+           "forward", "generated_code"]
+
+aten = torch.ops.aten
+BLOCK_ELEMENTS = 1 << 14  # a block of rows of batch_sum: 64 KiB of float32, which stays in cache
+
+
+def batch_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t.sum(0)`` for a 2D ``(N, C)`` tensor, as a sum of sums over blocks of rows."""
+    n, c = t.shape
+    rows = max(2, BLOCK_ELEMENTS // c)
+    blocks = n // rows
+    total = t[: blocks * rows].view(blocks, rows, c).sum(1).sum(0)
+    return total + t[blocks * rows :].sum(0) if n % rows else total
+
+
+def _split_reduction(op, default):
+    def decomposition(t, dims, keepdim=False, *, dtype=None):
+        if t.dim() == 2 and list(dims) in ([0], [-2]) and not keepdim and dtype is None \
+                and t.shape[0] >= 4 * max(2, BLOCK_ELEMENTS // t.shape[1]):
+            total = batch_sum(t)
+            return total / t.shape[0] if op is aten.mean.dim else total
+        return default(t, dims, keepdim, dtype=dtype) if default else NotImplemented
+
+    return decomposition
+
+
+@contextlib.contextmanager
+def _split_batch_sums():
+    """Inductor lowers ``sum``/``mean`` over dim 0 of 2D tensors with :func:`batch_sum`, meanwhile.
+
+    The decompositions are put into Inductor's own table only while our kernels run (and so
+    compile): other compiled code is not touched. Inductor's disk cache does not see the table, so a
+    tag in the cache key tells its entries from those of the same graph lowered without them.
+    """
+    from torch._inductor.decomposition import select_decomp_table
+
+    table = select_decomp_table()
+    saved = {op: table.get(op) for op in (aten.sum.dim_IntList, aten.mean.dim)}
+    table.update({op: _split_reduction(op, default) for op, default in saved.items()})
+    tag = "+".join(filter(None, [torch.compiler.config.cache_key_tag, "bncourse.batch_sum"]))
+    try:
+        with torch.compiler.config.patch(cache_key_tag=tag):
+            yield
+    finally:
+        for op, default in saved.items():
+            if default is None:
+                del table[op]
+            else:
+                table[op] = default
+
+
+def available(device: torch.device | str = "cpu") -> str | None:
+    """``None`` if ``torch.compile`` can build kernels for ``device`` here, else the reason why not."""
+    return _available(torch.device(device).type, os.environ.get("CXX"))
+
+
+@functools.cache
+def _available(device_type: str, cxx: str | None) -> str | None:
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor}"
+    if device_type == "cpu":
+        cxx = cxx or ("clang++" if sys.platform == "darwin" else "g++")
+        if shutil.which(cxx) is None:
+            return f"Inductor builds C++ for the CPU and found no C++ compiler ({cxx!r} is not on PATH)"
+    elif device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Inductor writes Triton kernels for CUDA and the triton package is not installed"
+    else:
+        return f"this package compiles kernels for the CPU and CUDA, not for {device_type!r}"
+    return None
+
+
+def compile_kernel(fn):
+    """``torch.compile(fn)`` as this module compiles its kernels (a stated C++ vector width)."""
+    # The vector width of the C++ code, stated: Inductor's disk cache does not tell apart code written
+    # for AVX-512 from code for AVX2 (ATEN_CPU_CAPABILITY=avx2), and reusing one under the other skips
+    # half the channels. A stated width is part of the cache key.
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    return torch.compile(fn, options={"cpp.simdlen": isa.bit_width() if isa else 1})
+
+
+_compiled = functools.cache(compile_kernel)
+
+
+def generated_code(fn, *args, two_stage_sums: bool = True) -> str:
+    """The code Inductor writes for ``fn(*args)``, compiled as this module compiles its kernels.
+
+    ``two_stage_sums=False`` leaves Inductor's own lowering of sums over dim 0 (no :func:`batch_sum`).
+    Compiling resets ``torch.compile``'s in-memory cache; the kernels compiled before are loaded
+    again from Inductor's disk cache on their next call.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    reason = available(args[0].device)
+    if reason is not None:
+        raise RuntimeError(f"cannot show compiled code: {reason}")
+    with _split_batch_sums() if two_stage_sums else contextlib.nullcontext():
+        _, codes = run_and_get_code(compile_kernel(fn), *args)
+    return codes[0]
+
+
+def forward(x, gamma, beta, eps):
+    """The readable training-mode forward as this module compiles it: ``(out, mean, var, inv_std)``."""
+    out, cache = F.batch_norm_forward(x, gamma, beta, eps)
+    return out, cache.mean, cache.var, cache.inv_std
+
+
+def backward(dout, x, mean, inv_std, gamma, eps):
+    """The closed-form backward as this module compiles it: ``(dx, dgamma, dbeta)``."""
+    cache = F.BatchNormCache(x, mean, None, inv_std, gamma, eps)
+    return F.batch_norm_backward_fused(dout, cache)
+
+
+@functools.cache
+def _warn_once(reason: str) -> None:
+    warnings.warn(f"compiled=True: {reason}; running the eager kernels instead (same results, slower)",
+                  RuntimeWarning, stacklevel=4)
+
+
+def run(kernel, eager, device, *args):
+    """``kernel(*args)`` compiled, or ``eager(*args)`` with one warning where no compiler is here."""
+    reason = available(device)
+    if reason is None:
+        with _split_batch_sums():
+            return _compiled(kernel)(*args)
+    _warn_once(reason)
+    return eager(*args)
+
+
+class BatchNormCompiledFunction(torch.autograd.Function):
+    """Training-mode batch norm on the compiled readable kernels; as ``BatchNormFunction``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        from .tuned import batch_norm_forward
+
+        def eager(x, weight, bias, eps):
+            out, cache = batch_norm_forward(x, weight, bias, eps)
+            return out, cache.mean, cache.var, cache.inv_std
+
+        out, mean, var, inv_std = run(forward, eager, x.device, x, weight, bias, eps)
+        ctx.save_for_backward(x, mean, inv_std, weight)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, _dmean, _dvar):
+        from .tuned import batch_norm_backward_fused
+
+        def eager(dout, x, mean, inv_std, weight, eps):
+            return batch_norm_backward_fused(dout, F.BatchNormCache(x, mean, None, inv_std, weight, eps))
+
+        x, mean, inv_std, weight = ctx.saved_tensors
+        dx, dgamma, dbeta = run(backward, eager, x.device, dout.contiguous(), x, mean, inv_std, weight,
+                                ctx.eps)
+        need_x, need_weight, need_bias, _ = ctx.needs_input_grad
+        return dx if need_x else None, dgamma if need_weight else None, dbeta if need_bias else None, None
+
+
+def batch_norm_train(x, weight, bias, eps):
+    """``(out, mean, var)`` of training-mode batch norm, differentiable, on the compiled kernels."""
+    return BatchNormCompiledFunction.apply(x, weight, bias, eps)
+
+
+def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
+    """:func:`bncourse.functional.batch_norm_eval` with its one pass over ``x`` compiled.
+
+    The per-channel scale and shift are computed first, eagerly: inside one fused kernel they would
+    be recomputed for every vector of ``x``.
+    """
+    scale, shift = F.eval_scale_shift(running_mean, running_var, weight, bias, eps)
+    return run(F.scale_shift, F.scale_shift, x.device, x, scale, shift)

@@ -1,0 +1,76 @@
+"""The machinery every check shares: "write your own" while the learner's function runs."""
+
+import sys
+
+import pytest
+import torch
+from torch.nn.functional import batch_norm as imported_early
+
+import bncourse as bn
+from bncourse.check import core
+
+
+def own_forward(x, gamma, beta, eps):
+    dims, shape = (0, *range(2, x.dim())), (1, -1) + (1,) * (x.dim() - 2)
+    mean, var = x.mean(dims, keepdim=True), x.var(dims, correction=0, keepdim=True)
+    return gamma.reshape(shape) * (x - mean) / torch.sqrt(var + eps) + beta.reshape(shape)
+
+
+def swallowed(x, g, b, e):
+    try:
+        return torch.nn.functional.batch_norm(x, None, None, g, b, True, 0.1, e)
+    except Exception:
+        return own_forward(x, g, b, e)
+
+
+ROUTES = {  # each called as fn(x, gamma, beta, eps), as the check does
+    "torch.nn.functional.batch_norm": lambda x, g, b, e: torch.nn.functional.batch_norm(
+        x, None, None, g, b, True, 0.1, e),
+    "imported before the check": lambda x, g, b, e: imported_early(x, None, None, g, b, True, 0.1, e),
+    "torch.batch_norm": lambda x, g, b, e: torch.batch_norm(x, None, None, g, b, True, 0.1, e, False),
+    "torch.ops.aten": lambda x, g, b, e: torch.ops.aten.native_batch_norm(
+        x, g, b, None, None, True, 0.1, e)[0],
+    "torch.nn.BatchNorm2d": lambda x, g, b, e: torch.nn.BatchNorm2d(x.shape[1], eps=e).double()(x),
+    "bn.functional": lambda x, g, b, e: bn.functional.batch_norm_forward(x, g, b, e)[0],
+    "bn.tuned": lambda x, g, b, e: bn.tuned.batch_norm_forward(x, g, b, e)[0],
+    "bn.nn": lambda x, g, b, e: bn.nn.BatchNorm2d(x.shape[1], eps=e).double()(x),
+    "caught in a try/except": swallowed,
+}
+
+
+@pytest.mark.parametrize("route", ROUTES.values(), ids=ROUTES.keys())
+def test_bn_forward_refuses_the_kernels_it_asks_for(route):
+    with pytest.raises(core.CheckFailed, match="bn_forward: write your own: your function calls"):
+        bn.check.bn_forward(route)
+    assert sys.getprofile() is None
+
+
+def test_an_exercise_that_allows_the_kernels_is_not_guarded(capsys):
+    def grad_at_scaled_weight(x, w, k, dout):  # the chapter's solution calls bn.functional
+        v = (k * w).detach().requires_grad_()
+        out = bn.functional.batch_norm(x @ v.T, None, None, training=True, eps=1e-5)
+        (out * dout).sum().backward()
+        return v.grad
+
+    bn.check.grad_at_scaled_weight(grad_at_scaled_weight)
+    assert "✔ grad_at_scaled_weight: correct" in capsys.readouterr().out
+
+
+def test_the_guard_restores_a_profiler_already_set():
+    def profiler(frame, event, arg):
+        return None
+
+    sys.setprofile(profiler)
+    try:
+        with pytest.raises(core.CheckFailed, match="write your own"):
+            bn.check.bn_forward(ROUTES["bn.functional"])
+        assert sys.getprofile() is profiler
+    finally:
+        sys.setprofile(None)
+
+
+def test_every_write_your_own_entry_names_a_check_and_resolves():
+    assert set(core.WRITE_YOUR_OWN) <= set(dir(bn.check))
+    for names in core.WRITE_YOUR_OWN.values():
+        files, codes, builtins = core._forbidden(names)
+        assert len(files) + len(codes) + len(builtins) == len(set(names))

@@ -1,0 +1,78 @@
+"""The compiled fast path: the same values as the eager kernels and PyTorch's.
+
+Compiling takes tens of seconds on a small CPU, so every compiling test uses one input shape
+(8200, 8): large enough for the two-stage batch sum (with a tail of rows), small enough to be quick.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import bncourse as bn
+from bncourse import compiled
+from conftest import tolerances
+
+SHAPE = (8200, 8)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, inside torch.compile
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (4096, 4), (4099, 4), (10, 2048)])
+def test_batch_sum_is_the_sum_over_dim_0(shape):
+    t = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(compiled.batch_sum(t), t.sum(0))
+
+
+def test_compiler_is_found_here_and_a_missing_one_is_named(monkeypatch):
+    assert compiled.available("cpu") is None
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    assert "no C++ compiler ('no-such-compiler++' is not on PATH)" in compiled.available("cpu")
+
+
+def test_without_a_compiler_it_warns_and_runs_the_eager_kernels(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    compiled._warn_once.cache_clear()
+    x = torch.randn(6, 3)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler.*running the eager kernels"):
+        out = bn.functional.batch_norm(x, None, None, training=True, compiled=True)
+    torch.testing.assert_close(out, bn.functional.batch_norm(x, None, None, training=True))
+
+
+def test_compiled_train_and_eval_match_torch(device):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(SHAPE, generator=g) * 3 + 2).to(device)
+    dout = torch.randn(SHAPE, generator=g).to(device)
+    c = SHAPE[1]
+    params = [(torch.rand(c, generator=g) + 0.5).to(device), torch.randn(c, generator=g).to(device)]
+    results = []
+    for fn, kw in ((bn.functional.batch_norm, {"compiled": True}), (TF.batch_norm, {})):
+        xs, w, b = (t.clone().requires_grad_() for t in (x, *params))
+        stats = [torch.zeros(c, device=device), torch.ones(c, device=device)]
+        out = fn(xs, *stats, w, b, training=True, momentum=0.3, **kw)
+        out.backward(dout)
+        with torch.no_grad():
+            evaluated = fn(x, *stats, w, b, training=False, **kw)
+        results.append([out, xs.grad, w.grad, b.grad, *stats, evaluated])
+    for ours, ref in zip(*results, strict=True):
+        torch.testing.assert_close(ours, ref, **tolerances(torch.float32))
+
+
+def test_compiled_float32_variance_is_accurate_with_a_large_offset():
+    g = torch.Generator().manual_seed(1)
+    x64 = torch.randn(SHAPE, generator=g, dtype=torch.float64) + 1e4
+    layer = bn.nn.BatchNorm1d(SHAPE[1], momentum=1.0, compiled=True)
+    layer(x64.float())
+    assert bn.rel_error(layer.running_var, x64.var(0, unbiased=True)) <= 1e-3
+    assert repr(layer) == repr(torch.nn.BatchNorm1d(SHAPE[1], momentum=1.0)).replace(")", ", compiled=True)")
+
+
+def test_generated_code_shows_the_mean_over_the_batch_in_two_stages(monkeypatch):
+    x = torch.randn(SHAPE)
+    loops = {two_stage: "\n".join(bn.hardware.loop_nest(
+        compiled.generated_code(lambda t: t.mean(0), x, two_stage_sums=two_stage)))
+        for two_stage in (False, True)}
+    assert "range(0, 8200, 1)" in loops[False]  # one sweep down all the rows
+    rows = compiled.BLOCK_ELEMENTS // SHAPE[1]  # blocks of rows, then the blocks
+    assert "range(0, 8200, 1)" not in loops[True] and f"range(0, {rows}, 1)" in loops[True]
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    with pytest.raises(RuntimeError, match="cannot show compiled code: .*no C\\+\\+ compiler"):
+        compiled.generated_code(lambda t: t.sum(0), x)
