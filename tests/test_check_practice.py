@@ -138,9 +138,31 @@ def test_my_batch_norm_names_the_mistake(mistake, message):
         bn.check.my_batch_norm(make_layer(mistake))
 
 
-def test_my_batch_norm_passes_the_package_layer(capsys):
-    bn.check.my_batch_norm(bn.nn.BatchNorm1d)
-    assert "correct" in capsys.readouterr().out
+def test_my_batch_norm_refuses_the_package_layer():
+    with pytest.raises(CheckFailed, match="my_batch_norm: write your own: your function calls bncourse"):
+        bn.check.my_batch_norm(bn.nn.BatchNorm1d)
+
+
+def test_batch_norm_function_refuses_torch_in_forward_or_backward():
+    class TorchForward(make_function()):
+        @staticmethod
+        def forward(ctx, x, gamma, beta, eps):
+            make_function().forward(ctx, x, gamma, beta, eps)
+            return torch.nn.functional.batch_norm(x, None, None, gamma, beta, True, 0.0, eps)
+
+    class AutogradBackward(make_function()):
+        @staticmethod
+        def backward(ctx, dout):
+            x_hat, gamma, inv_std = ctx.saved_tensors
+            x = (x_hat / inv_std).detach().requires_grad_(True)
+            with torch.enable_grad():
+                out = torch.batch_norm(x, gamma, None, None, None, True, 0.0, 1e-3, False)
+            return torch.autograd.grad(out, x, dout)[0], (dout * x_hat).sum(0), dout.sum(0), None
+
+    for cheat in (TorchForward, AutogradBackward):
+        with pytest.raises(CheckFailed, match="batch_norm_function: write your own: your function calls "
+                                              "(torch.nn.functional.batch_norm|torch.batch_norm)"):
+            bn.check.batch_norm_function(cheat)
 
 
 def test_my_batch_norm_reports_a_wrong_gradient():
@@ -181,13 +203,23 @@ def test_bn_backward_spatial_passes(capsys):
     assert "✔ bn_backward_spatial: correct" in capsys.readouterr().out
 
 
-def test_bn_backward_spatial_passes_the_package_kernel(capsys):
+def test_bn_backward_spatial_refuses_the_kernels_and_autograd():
     def kernel(dout, x, gamma, eps):
         _, cache = bn.functional.batch_norm_forward(x, gamma, None, eps)
         return bn.functional.batch_norm_backward(dout, cache)
 
-    bn.check.bn_backward_spatial(kernel)
-    assert "correct" in capsys.readouterr().out
+    def by_autograd(dout, x, gamma, eps):
+        x, gamma = x.requires_grad_(True), gamma.requires_grad_(True)
+        x_hat = (x - x.mean((0, 2, 3), keepdim=True)) / torch.sqrt(x.var((0, 2, 3), keepdim=True,
+                                                                          correction=0) + eps)
+        out = x_hat * gamma.reshape(1, -1, 1, 1)
+        dx, dgamma = torch.autograd.grad(out, (x, gamma), dout)
+        return dx, dgamma, dout.sum((0, 2, 3))
+
+    for cheat, used in ((kernel, "bncourse.functional"), (by_autograd, "torch.autograd.grad")):
+        with pytest.raises(CheckFailed, match=f"bn_backward_spatial: write your own: your function "
+                                              f"calls {used}"):
+            bn.check.bn_backward_spatial(cheat)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -229,6 +261,18 @@ def ln_backward(dout, x, gamma, eps, dim=1, paths=("mu", "var"), unbiased=False,
 def test_layer_norm_backward_passes(capsys):
     bn.check.layer_norm_backward(ln_backward)
     assert "✔ layer_norm_backward: correct" in capsys.readouterr().out
+
+
+def test_layer_norm_backward_refuses_torch_layer_norm_and_autograd():
+    def by_torch(dout, x, gamma, eps):
+        x, gamma = x.requires_grad_(True), gamma.requires_grad_(True)
+        out = torch.nn.functional.layer_norm(x, x.shape[1:], gamma, None, eps)
+        dx, dgamma = torch.autograd.grad(out, (x, gamma), dout)
+        return dx, dgamma, dout.sum(0)
+
+    with pytest.raises(CheckFailed, match="layer_norm_backward: write your own: your function calls "
+                                          "torch.nn.functional.layer_norm"):
+        bn.check.layer_norm_backward(by_torch)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -332,6 +376,10 @@ def fold(w, mean, var, gamma, beta, eps, mistake=None):
 
 def test_fold_bn():
     bn.check.fold_bn(fold)
+    with pytest.raises(CheckFailed, match="fold_bn: write your own: your function calls "
+                                          "torch.nn.utils.fusion"):
+        bn.check.fold_bn(lambda w, mean, var, gamma, beta, eps: torch.nn.utils.fusion.fuse_conv_bn_weights(
+            w, None, mean, var, eps, gamma, beta))
     for mistake, message in (("no eps", "eps is missing"), ("no mean", "running mean is missing"),
                              ("input channels", "OUTPUT channel")):
         with pytest.raises(CheckFailed, match=message):

@@ -6,19 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..smallbatch import BatchRenorm
-from .core import CheckFailed, as_tensor, call, passed
+from .core import CheckFailed, as_tensor, passed, run
 
 __all__ = ["batch_renorm", "merge_shards"]
-
-
-def _run(fn, *args, name: str, what: str):
-    """Call the learner's function; an error other than NotImplementedError becomes a clear failure."""
-    try:
-        return call(fn, *args, name=name)
-    except CheckFailed:
-        raise
-    except Exception as e:
-        raise CheckFailed(f"{name}: the function raised {type(e).__name__}: {e} ({what})") from e
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
@@ -56,7 +46,7 @@ def merge_shards(fn) -> None:
         what = f"shards of {n_a} and {n_b} rows, {channels} channels, {dtype}"
         if offset > 100:
             what += f", values near {offset:g}"
-        out = _run(fn, a, b, name=name, what=what)
+        out = run(fn, a, b, name=name, what=what)
         if not isinstance(out, tuple | list) or len(out) != 3:
             raise CheckFailed(f"{name}: return a triple (n, mean, var), got {type(out).__name__} ({what})")
         n, mean, var = out
@@ -130,7 +120,7 @@ def batch_renorm(fn) -> None:
             ref = layer(x)
         what = f"x of shape {(n, c)}, r_max={r_max}, d_max={d_max}, eps={eps}"
         args = [x.clone(), mu.clone(), sigma.clone()]
-        out = as_tensor(_run(fn, *args, r_max, d_max, eps, name=name, what=what), name, ref)
+        out = as_tensor(run(fn, *args, r_max, d_max, eps, name=name, what=what), name, ref)
         if not (torch.equal(args[1], mu) and torch.equal(args[2], sigma)):
             raise CheckFailed(f"{name}: the function changed running_mean or running_std; it only reads them "
                               f"(the layer moves them after the normalization) ({what})")

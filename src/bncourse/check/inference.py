@@ -8,19 +8,9 @@ import torch.nn.functional as torch_F
 
 from .. import functional as F
 from .. import inference as inf
-from .core import CheckFailed, as_tensor, call, passed
+from .core import CheckFailed, as_tensor, passed, run
 
 __all__ = ["batch_mean_std", "eval_batch_norm", "group_norm", "population_stats", "running_update"]
-
-
-def _run(fn, *args, name: str, what: str):
-    """Call the learner's function; an error other than NotImplementedError becomes a clear failure."""
-    try:
-        return call(fn, *args, name=name)
-    except CheckFailed:
-        raise
-    except Exception as e:
-        raise CheckFailed(f"{name}: the function raised {type(e).__name__}: {e} ({what})") from e
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
@@ -49,7 +39,7 @@ def running_update(fn) -> None:
         ref_mean, ref_var = old_mean.clone(), old_var.clone()
         F.batch_norm(x, ref_mean, ref_var, training=True, momentum=momentum)
         what = f"x of shape {tuple(shape)}, momentum={momentum}"
-        out = _run(fn, old_mean.clone(), old_var.clone(), x.clone(), momentum, name=name, what=what)
+        out = run(fn, old_mean.clone(), old_var.clone(), x.clone(), momentum, name=name, what=what)
         new_mean, new_var = _pair(out, name, "new_mean", "new_var")
         new_mean = as_tensor(new_mean, f"{name} (new_mean)", ref_mean)
         new_var = as_tensor(new_var, f"{name} (new_var)", ref_var)
@@ -124,7 +114,7 @@ def population_stats(fn) -> None:
         what = f"{len(sizes)} chunks of {list(sizes)} rows, {channels} channels, {dtype}"
         if offset > 1:
             what += f", values near {offset:g}"
-        out = _run(fn, [c.clone() for c in chunks], name=name, what=what)
+        out = run(fn, [c.clone() for c in chunks], name=name, what=what)
         mean, var = _pair(out, name, "mean", "var")
         mean = as_tensor(mean, f"{name} (mean)", ref_mean)
         var = as_tensor(var, f"{name} (var)", ref_var)
@@ -186,7 +176,7 @@ def eval_batch_norm(fn) -> None:
         ref = F.batch_norm(x, rm, rv, w, b, training=False, eps=eps)
         what = f"x of shape {tuple(shape)}, eps={eps}"
         args = [t.clone() for t in (x, rm, rv, w, b)]
-        out = as_tensor(_run(fn, *args, eps, name=name, what=what), name, ref)
+        out = as_tensor(run(fn, *args, eps, name=name, what=what), name, ref)
         if not torch.equal(args[1], rm) or not torch.equal(args[2], rv):
             raise CheckFailed(f"{name}: the function changed the running statistics; in eval mode "
                               f"they are read, never updated ({what})")
@@ -230,7 +220,7 @@ def batch_mean_std(fn) -> None:
         sigma = x.std(0, unbiased=False)  # the training set's own std (divided by N)
         ref = inf.mean_noise_theory(m, n) * sigma
         what = f"x of shape {(n, c)} (N = {n} training examples), batch size m = {m}"
-        out = as_tensor(_run(fn, x.clone(), m, name=name, what=what), name, ref)
+        out = as_tensor(run(fn, x.clone(), m, name=name, what=what), name, ref)
         if _close(out, ref, 1e-6, 1e-9):
             continue
         s = x.std(0)  # unbiased, divided by N - 1
@@ -277,7 +267,7 @@ def group_norm(fn) -> None:
         x[:, : c // groups] *= 0.01  # the first group has a tiny variance: eps matters there
         ref = torch_F.group_norm(x, groups, eps=eps)
         what = f"x of shape {tuple(shape)}, groups={groups}, eps={eps}"
-        out = as_tensor(_run(fn, x.clone(), groups, eps, name=name, what=what), name, ref)
+        out = as_tensor(run(fn, x.clone(), groups, eps, name=name, what=what), name, ref)
         if _close(out, ref):
             continue
         size = c // groups

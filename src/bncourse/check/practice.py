@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as torch_F
 from torch import nn
 
-from .core import CheckFailed, call, passed
+from .core import CheckFailed, call, passed, run
 
 __all__ = [
     "batch_norm_function",
@@ -38,16 +38,6 @@ __all__ = [
 ]
 
 EPS = 1e-3  # large enough that forgetting it shows
-
-
-def _run(fn: Callable, *args, name: str, what: str):
-    """Call the learner's code; an error other than NotImplementedError becomes a clear failure."""
-    try:
-        return call(fn, *args, name=name)
-    except CheckFailed:
-        raise
-    except Exception as e:
-        raise CheckFailed(f"{name}: {what} raised {type(e).__name__}: {e}") from e
 
 
 def _close(a, b, rtol: float = 1e-6, atol: float = 1e-8) -> bool:
@@ -188,7 +178,7 @@ def batch_norm_function(fn_class) -> None:
         dout = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
         what = f"an input of shape {shape}"
         leaves = [t.clone().requires_grad_(True) for t in (x, gamma, beta)]
-        out = _run(fn_class.apply, *leaves, EPS, name=name, what=f"forward on {what}")
+        out = run(fn_class.apply, *leaves, EPS, name=name, what=f"forward on {what}")
         if isinstance(out, tuple | list):
             raise CheckFailed(f"{name}: forward should return the output tensor only, got a "
                               f"{type(out).__name__} of {len(out)} items")
@@ -200,10 +190,9 @@ def batch_norm_function(fn_class) -> None:
             raise CheckFailed(f"{name}: the output is not connected to autograd; return it from "
                               f"forward and call the Function as BatchNormFunction.apply(...)")
         try:
-            out.backward(dout)
-        except NotImplementedError as e:
-            raise CheckFailed(f"{name}: backward is not attempted yet (it raises "
-                              f"NotImplementedError)") from e
+            call(out.backward, dout, name=name)  # the guard of write-your-own covers backward too
+        except CheckFailed:
+            raise
         except RuntimeError as e:
             if "incorrect number of gradients" in str(e):
                 raise CheckFailed(f"{name}: backward must return one gradient per input of forward, "
@@ -235,7 +224,7 @@ STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_trac
 
 def _construct(cls, name: str, *args, **kw) -> nn.Module:
     call_args = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kw.items())])
-    layer = _run(lambda: cls(*args, **kw), name=name, what=f"{cls.__name__}({call_args})")
+    layer = run(lambda: cls(*args, **kw), name=name, what=f"{cls.__name__}({call_args})")
     if not isinstance(layer, nn.Module):
         raise CheckFailed(f"{name}: the layer should be a torch.nn.Module, got {type(layer).__name__}")
     return layer
@@ -297,7 +286,7 @@ def _compare_step(name, step, what, layer, ref, x, dout, momentum) -> None:
     """One training step of the learner's layer and torch's on the same batch."""
     old_mean, old_var = layer.running_mean.detach().clone(), layer.running_var.detach().clone()
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    out = _run(layer, xs[0], name=name, what=f"the forward pass in training mode ({what})")
+    out = run(layer, xs[0], name=name, what=f"the forward pass in training mode ({what})")
     expected = ref(xs[1])
     got = _tensor(out, name, expected, f"the training-mode output at step {step} ({what})")
     if not _close(got, expected):
@@ -308,7 +297,7 @@ def _compare_step(name, step, what, layer, ref, x, dout, momentum) -> None:
         raise CheckFailed(f"{name}: the training-mode output differs from torch.nn.BatchNorm1d's at "
                           f"step {step} ({what}); does the layer call your BatchNormFunction with "
                           f"self.weight, self.bias and self.eps?")
-    out.backward(dout)
+    run(out.backward, dout, name=name, what=f"the backward pass ({what})")
     expected.backward(dout)
     for label, mine, theirs in (("dx", xs[0].grad, xs[1].grad), ("weight.grad", layer.weight.grad,
                                 ref.weight.grad), ("bias.grad", layer.bias.grad, ref.bias.grad)):
@@ -365,7 +354,7 @@ def _compare_eval(name, what, layer, ref, x) -> None:
     layer.eval()
     ref.eval()
     with torch.no_grad():
-        got = _run(layer, x.clone(), name=name, what=f"the forward pass in eval mode ({what})")
+        got = run(layer, x.clone(), name=name, what=f"the forward pass in eval mode ({what})")
         expected = ref(x)
     got = _tensor(got, name, expected, f"the eval-mode output ({what})")
     w, b, rm, rv = (before[k] for k in ("weight", "bias", "running_mean", "running_var"))
@@ -491,7 +480,7 @@ def bn_backward_spatial(fn: Callable) -> None:
         gamma, beta = _params(shape[1], seed)
         dout = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
         what = f"an input of shape {shape}"
-        out = _triple(_run(fn, dout.clone(), x.clone(), gamma.clone(), EPS, name=name, what=what),
+        out = _triple(run(fn, dout.clone(), x.clone(), gamma.clone(), EPS, name=name, what=what),
                       name, "the function")
         ref_dx, ref_dgamma, ref_dbeta = _reference_grads(_bn_train, x, gamma, beta, dout)
         for value, label in zip(out[1:], ("dgamma", "dbeta"), strict=True):
@@ -543,7 +532,7 @@ def layer_norm_backward(fn: Callable) -> None:
         gamma, beta = _params(shape[1], seed)
         dout = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
         what = f"an input of shape {shape}"
-        out = _triple(_run(fn, dout.clone(), x.clone(), gamma.clone(), EPS, name=name, what=what),
+        out = _triple(run(fn, dout.clone(), x.clone(), gamma.clone(), EPS, name=name, what=what),
                       name, "the function")
         ref_dx, ref_dgamma, ref_dbeta = _reference_grads(_layer_norm, x, gamma, beta, dout)
         for value, label in zip(out[1:], ("dgamma", "dbeta"), strict=True):
@@ -607,7 +596,7 @@ def norm_after_step(fn: Callable) -> None:
     cases = [(5.0, 2.0, 0.1, 0.01), (1.0, 3.0, 0.5, 0.0), (2.0, 0.5, 0.2, 0.05), (10.0, 40.0, 0.1, 0.1)]
     for w, g, lr, wd in cases:
         what = f"|w| = {w}, |grad| = {g}, lr = {lr}, weight_decay = {wd}"
-        got = _scalar(_run(fn, w, g, lr, wd, name=name, what=what), name, f"the new norm ({what})")
+        got = _scalar(run(fn, w, g, lr, wd, name=name, what=what), name, f"the new norm ({what})")
         ref = math.hypot((1 - lr * wd) * w, lr * g)
         if math.isclose(got, ref, rel_tol=1e-9):
             continue
@@ -645,7 +634,7 @@ def variance_shift(fn: Callable) -> None:
     cases = [(0.0, 1.0, 0.5), (1.0, 1.0, 0.5), (0.4, 0.34, 0.1), (2.0, 0.5, 0.3), (0.4, 0.34, 0.0)]
     for mean, var, p in cases:
         what = f"mean {mean}, variance {var}, p = {p}"
-        got = _scalar(_run(fn, mean, var, p, name=name, what=what), name, f"the ratio ({what})")
+        got = _scalar(run(fn, mean, var, p, name=name, what=what), name, f"the ratio ({what})")
         q = 1 - p
         train = (var + mean**2) / q - mean**2
         ref = var / train
@@ -712,7 +701,7 @@ def frozen_batch_norm(cls) -> None:
     for mode in ("train", "eval"):
         getattr(layer, mode)()
         before = {k: v.clone() for k, v in layer.state_dict().items()}
-        got = _tensor(_run(layer, x.clone(), name=name, what=f"the forward pass after .{mode}()"),
+        got = _tensor(run(layer, x.clone(), name=name, what=f"the forward pass after .{mode}()"),
                       name, expected, f"the output after .{mode}()")
         if any(not torch.equal(v, before[k]) for k, v in layer.state_dict().items()):
             raise CheckFailed(f"{name}: a forward pass after .{mode}() changed the buffers; a frozen "
@@ -754,7 +743,7 @@ def fold_bn(fn: Callable) -> None:
         mean, var, gamma, beta = _eval_stats(c_out, seed)
         x = torch.randn(2, c_in, 5, 5, generator=g, dtype=torch.float64)
         what = f"a conv with {c_in} input and {c_out} output channels"
-        out = _run(fn, w.clone(), mean.clone(), var.clone(), gamma.clone(), beta.clone(), EPS,
+        out = run(fn, w.clone(), mean.clone(), var.clone(), gamma.clone(), beta.clone(), EPS,
                    name=name, what=what)
         if not isinstance(out, tuple | list) or len(out) != 2:
             raise CheckFailed(f"{name}: return a pair (weight, bias), got {type(out).__name__}")
@@ -793,7 +782,7 @@ def relu_threshold(fn: Callable) -> None:
     for seed in range(3):
         mean, var, gamma, beta = _eval_stats(5, seed)
         what = f"5 channels (seed {seed})"
-        got = _tensor(_run(fn, mean.clone(), var.clone(), gamma.clone(), beta.clone(), EPS,
+        got = _tensor(run(fn, mean.clone(), var.clone(), gamma.clone(), beta.clone(), EPS,
                            name=name, what=what), name, mean, "the threshold")
         std = torch.sqrt(var + EPS)
         ref = mean - beta * std / gamma
@@ -837,7 +826,7 @@ def weight_angle(fn: Callable) -> None:
     cases.append((a.float(), b32, _exact_angle(a.float(), b32), "float32"))
     for x, y, ref, dtype in cases:
         what = f"{tuple(x.shape)} {dtype} weights at {ref:.1e} rad"
-        got = _scalar(_run(fn, x.clone(), y.clone(), name=name, what=what), name, f"the angle ({what})")
+        got = _scalar(run(fn, x.clone(), y.clone(), name=name, what=what), name, f"the angle ({what})")
         if math.isclose(got, ref, rel_tol=1e-3, abs_tol=1e-9):
             continue
         if math.isclose(got, math.degrees(ref), rel_tol=1e-3):
@@ -878,7 +867,7 @@ def linear_variance_shift(fn: Callable) -> None:
         root = torch.randn(d, d, generator=g, dtype=torch.float64) * 0.3 + 0.5 * torch.eye(d)
         cov = root @ root.T + 0.3                            # strongly correlated units
         what = f"{d} units, p = {p}"
-        got = _scalar(_run(fn, w.clone(), mean.clone(), cov.clone(), p, name=name, what=what),
+        got = _scalar(run(fn, w.clone(), mean.clone(), cov.clone(), p, name=name, what=what),
                       name, f"the ratio ({what})")
         second = torch.diagonal(cov) + mean**2
         test = (w @ cov @ w).item()
@@ -923,7 +912,7 @@ def zero_init_residual(fn: Callable) -> None:
         for p in model.parameters():
             p.add_(0.1)                               # nothing is 0 to begin with
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = _run(fn, model, name=name, what="the function")
+    out = run(fn, model, name=name, what="the function")
     if out is not None and out is not model:
         raise CheckFailed(f"{name}: change the model in place (return nothing, or the same model)")
     state = model.state_dict()
@@ -959,7 +948,7 @@ def warmup_lr(fn: Callable) -> None:
     for base, warm, start in [(1.0, 10, 0.1), (0.4, 5, 0.0), (2.0, 100, 0.25)]:
         steps = [0, 1, warm // 2, warm - 1, warm, warm + 1, 3 * warm]
         what = f"base_lr {base}, warmup_steps {warm}, start_lr {start}"
-        got = [_scalar(_run(fn, s, base, warm, start, name=name, what=what), name, f"the lr at step {s}")
+        got = [_scalar(run(fn, s, base, warm, start, name=name, what=what), name, f"the lr at step {s}")
                for s in steps]
         ref = [start + (base - start) * min(s, warm) / warm for s in steps]
         if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, ref, strict=True)):
@@ -994,7 +983,7 @@ def train_with_frozen_bn(fn: Callable) -> None:
         nn.Linear(6, 2),
     )
     model.eval()
-    out = _run(fn, model, name=name, what="the function")
+    out = run(fn, model, name=name, what="the function")
     if out is not None and out is not model:
         raise CheckFailed(f"{name}: change the model in place (return nothing, or the same model)")
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | bnn.BatchNorm1d)]
