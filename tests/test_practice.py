@@ -1,6 +1,7 @@
 """Chapter 6's tools: the SGD loop, the convnet, the residual network, weight decay on
 scale-invariant weights, dropout's variance shift, and fine-tuning with frozen batch norm."""
 
+import copy
 import math
 
 import pytest
@@ -144,6 +145,37 @@ def test_trace_norms_records_every_step_and_the_norm_shrinks_with_decay():
     assert trace.norms.shape == (31, 1) and trace.angles.shape == (30, 1) and len(trace.losses) == 30
     assert trace.norms[-1, 0] < trace.norms[0, 0]
     assert abs(trace.norms[-1, 0] - model[0].weight.norm().item()) < 1e-5
+    assert trace.grad_norms.shape == (30, 1) and (trace.grad_norms > 0).all()
+
+
+def test_trace_norms_decays_only_the_scale_invariant_weights_as_pytorch_would():
+    x, y = blobs(n=96)
+    torch.manual_seed(0)
+    model = bn.models.mlp([8, 16, 16, 3], norm="bn").double()
+    reference = copy.deepcopy(model)
+    data = bn.data.Split(x.double(), y, x.double(), y)
+    trace = weight_decay.trace_norms(model, data, steps=12, lr=0.5, weight_decay=0.1, batch_size=16)
+    invariant = weight_decay.scale_invariant_weights(reference)
+    others = [p for p in reference.parameters() if all(p is not w for w in invariant)]
+    opt = torch.optim.SGD([{"params": invariant, "weight_decay": 0.1},
+                           {"params": others, "weight_decay": 0.0}], lr=0.5)
+    gen, step = torch.Generator().manual_seed(0), 0
+    while step < 12:
+        for xb, yb in bn.data.batches(data.x_train, data.y_train, 16, gen):
+            opt.zero_grad()
+            nn.functional.cross_entropy(reference(xb), yb).backward()
+            opt.step()
+            step += 1
+            if step == 12:
+                break
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    # without decay the step is orthogonal to w: tan(angle) = lr |g| / |w|
+    torch.manual_seed(0)
+    plain = weight_decay.trace_norms(bn.models.mlp([8, 16, 16, 3], norm="bn").double(), data,
+                                     steps=12, lr=0.5, batch_size=16)
+    torch.testing.assert_close(plain.angles.tan() * plain.norms[:-1] / 0.5, plain.grad_norms,
+                               rtol=1e-4, atol=0)
 
 
 # ---- dropout ----------------------------------------------------------------------------------------

@@ -45,29 +45,45 @@ def equilibrium_angle(lr: float, weight_decay: float) -> float:
 
 @dataclass
 class NormTrace:
-    """Per step and per scale-invariant weight: its norm after the step and the angle it turned."""
+    """Per step and per scale-invariant weight: its norm after the step, the norm of the loss's
+    gradient that the step used, and the angle the weight turned."""
 
-    norms: torch.Tensor   # (steps + 1, layers); row 0 is the initial norm
-    angles: torch.Tensor  # (steps, layers), radians
+    norms: torch.Tensor       # (steps + 1, layers); row 0 is the initial norm
+    grad_norms: torch.Tensor  # (steps, layers)
+    angles: torch.Tensor      # (steps, layers), radians
     losses: list[float]
 
 
 def trace_norms(model: nn.Module, data: Split, steps: int, lr: float, weight_decay: float = 0.0,
                 batch_size: int = 32, seed: int = 0) -> NormTrace:
-    """Train with plain SGD (``weight_decay`` on every parameter) and record, at every step, the
-    norm of each scale-invariant weight and the angle it turned."""
+    """Train with plain SGD and record, at every step, the norm of each scale-invariant weight, the
+    norm of its gradient and the angle it turned.
+
+    ``weight_decay`` acts on the scale-invariant weights only, as PyTorch's would,
+    ``w' = (1 - lr wd) w - lr g``; every other parameter (the last batch norm's gamma and beta, the
+    classifier, ...) trains without it, so no genuine L2 penalty enters the comparison.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"expected weight_decay >= 0, got {weight_decay}")
     weights = scale_invariant_weights(model)
     norms = [[w.norm().item() for w in weights]]
+    grad_norms: list[list[float]] = []
     angles: list[list[float]] = []
     previous = [w.detach().clone() for w in weights]
 
+    @torch.no_grad()
     def record(step: int, _model: nn.Module) -> None:
+        grad_norms.append([w.grad.norm().item() for w in weights])
+        for p, w in zip(previous, weights, strict=True):
+            w.sub_(lr * weight_decay * p)   # the decay, from the weight before the step
         angles.append([angle(p, w) for p, w in zip(previous, weights, strict=True)])
         norms.append([w.norm().item() for w in weights])
         for p, w in zip(previous, weights, strict=True):
             p.copy_(w.detach())
 
-    losses = sgd(model, data.x_train, data.y_train, steps, lr, batch_size, seed,
-                 weight_decay=weight_decay, on_step=record)
-    return NormTrace(torch.tensor(norms, dtype=torch.float64), torch.tensor(angles, dtype=torch.float64),
-                     losses)
+    losses = sgd(model, data.x_train, data.y_train, steps, lr, batch_size, seed, on_step=record)
+
+    def tensor(rows: list[list[float]]) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.float64)
+
+    return NormTrace(tensor(norms), tensor(grad_norms), tensor(angles), losses)
