@@ -154,7 +154,7 @@ def test_trace_norms_decays_only_the_scale_invariant_weights_as_pytorch_would():
     model = bn.models.mlp([8, 16, 16, 3], norm="bn").double()
     reference = copy.deepcopy(model)
     data = bn.data.Split(x.double(), y, x.double(), y)
-    trace = weight_decay.trace_norms(model, data, steps=12, lr=0.5, weight_decay=0.1, batch_size=16)
+    weight_decay.trace_norms(model, data, steps=12, lr=0.5, weight_decay=0.1, batch_size=16)
     invariant = weight_decay.scale_invariant_weights(reference)
     others = [p for p in reference.parameters() if all(p is not w for w in invariant)]
     opt = torch.optim.SGD([{"params": invariant, "weight_decay": 0.1},
