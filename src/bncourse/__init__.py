@@ -3,9 +3,10 @@
 Importing it applies the book's matplotlib style.
 """
 
+import importlib
+
 from . import (
     autograd,
-    bench,
     benefits,
     check,
     compiled,
@@ -40,5 +41,13 @@ from .device import available_devices, default_device, seed_everything, setup
 from .testing import rel_error
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``bn.bench`` is imported on first use, so that ``python -m bncourse.bench`` runs it fresh."""
+    if name == "bench":
+        return importlib.import_module(".bench", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 plot.use_style()

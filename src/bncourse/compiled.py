@@ -149,11 +149,14 @@ def _warn_once(reason: str) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
-def run(kernel, eager, device, *args):
-    """``kernel(*args)`` compiled, or ``eager(*args)`` with one warning where no compiler is here."""
+def run(kernel, eager, device, *args, sums: bool = True):
+    """``kernel(*args)`` compiled, or ``eager(*args)`` with one warning where no compiler is here.
+
+    ``sums=False`` for a kernel without reductions: it skips the batch-sum lowering and its cost.
+    """
     reason = available(device)
     if reason is None:
-        with _split_batch_sums():
+        with _split_batch_sums() if sums else contextlib.nullcontext():
             return _compiled(kernel)(*args)
     _warn_once(reason)
     return eager(*args)
@@ -203,4 +206,4 @@ def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
     be recomputed for every vector of ``x``.
     """
     scale, shift = F.eval_scale_shift(running_mean, running_var, weight, bias, eps)
-    return run(F.scale_shift, F.scale_shift, x.device, x, scale, shift)
+    return run(F.scale_shift, F.scale_shift, x.device, x, scale, shift, sums=False)
