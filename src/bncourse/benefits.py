@@ -31,7 +31,7 @@ from . import nn as bnn
 from .data import Split, digits
 from .functional import batch_norm
 from .models import ACTIVATIONS, mlp, scale_weights
-from .train import train
+from .train import ProbeBatches, train
 
 __all__ = [
     "LandscapeTracker", "NoisyBatchNorm1d", "Sweep", "batch_noise", "bn_linear", "bn_linear_grad",
@@ -358,16 +358,13 @@ class LandscapeTracker:
     _norm: list[float] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
-        if self.every < 1 or not 1 < self.batch_size <= len(self.x):
-            raise ValueError(f"expected every >= 1 and 1 < batch_size <= {len(self.x)}, got "
-                             f"every={self.every}, batch_size={self.batch_size}")
-        self._gen = torch.Generator().manual_seed(self.seed)
+        self._batches = ProbeBatches(self.x, self.y, self.every, self.batch_size, self.seed)
 
     def __call__(self, step: int, model: nn.Module) -> None:
-        if step % self.every:
+        batch = self._batches.at(step)
+        if batch is None:
             return
-        idx = torch.randperm(len(self.x), generator=self._gen)[: self.batch_size].to(self.x.device)
-        loss, change, norm = gradient_step_probe(model, self.x[idx], self.y[idx], self.step_sizes)
+        loss, change, norm = gradient_step_probe(model, *batch, self.step_sizes)
         self.steps.append(step)
         self._loss.append(loss)
         self._change.append(change)

@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from . import nn as bnn
 from .models import mlp
+from .train import ProbeBatches
 
 __all__ = ["DriftingBatchNorm1d", "GradientShiftTracker", "Probes", "drifting_mlp", "gradient_shift",
            "jitter_and_drift"]
@@ -186,17 +187,13 @@ class GradientShiftTracker:
     _records: list[tuple[torch.Tensor, ...]] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
-        if self.every < 1 or not 1 < self.batch_size <= len(self.x):
-            raise ValueError(f"expected every >= 1 and 1 < batch_size <= {len(self.x)}, got "
-                             f"every={self.every}, batch_size={self.batch_size}")
-        self._gen = torch.Generator().manual_seed(self.seed)
+        self._batches = ProbeBatches(self.x, self.y, self.every, self.batch_size, self.seed)
 
     def __call__(self, step: int, model: nn.Module) -> None:
-        if step % self.every:
-            return
-        idx = torch.randperm(len(self.x), generator=self._gen)[: self.batch_size].to(self.x.device)
-        self._records.append(gradient_shift(model, self.x[idx], self.y[idx], self.lr))
-        self.steps.append(step)
+        batch = self._batches.at(step)
+        if batch is not None:
+            self._records.append(gradient_shift(model, *batch, self.lr))
+            self.steps.append(step)
 
     def _stacked(self, i: int) -> torch.Tensor:
         if not self._records:

@@ -33,6 +33,24 @@ class History:
         return None
 
 
+class ProbeBatches:
+    """For ``on_step`` probes: a fresh random batch of ``(x, y)`` every ``every`` steps."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, every: int, batch_size: int, seed: int):
+        if every < 1 or not 1 < batch_size <= len(x):
+            raise ValueError(f"expected every >= 1 and 1 < batch_size <= {len(x)}, got "
+                             f"every={every}, batch_size={batch_size}")
+        self.x, self.y, self.every, self.batch_size = x, y, every, batch_size
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def at(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch for ``step``, or None between probes."""
+        if step % self.every:
+            return None
+        idx = torch.randperm(len(self.x), generator=self._gen)[: self.batch_size].to(self.x.device)
+        return self.x[idx], self.y[idx]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, in eval mode."""
