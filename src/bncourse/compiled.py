@@ -202,8 +202,12 @@ def batch_norm_train(x, weight, bias, eps):
 def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
     """:func:`bncourse.functional.batch_norm_eval` with its one pass over ``x`` compiled.
 
-    The per-channel scale and shift are computed first, eagerly: inside one fused kernel they would
-    be recomputed for every vector of ``x``.
+    For ``(N, C)`` the per-channel scale and shift are computed first, eagerly: inside the kernel
+    they would be recomputed for every row. With spatial dims a channel's scale and shift serve a
+    whole plane, so the kernel computes them itself and the separate small launches are saved.
     """
+    if x.dim() > 2:
+        args = (x, running_mean, running_var, weight, bias, eps)
+        return run(F.batch_norm_eval, F.batch_norm_eval, x.device, *args, sums=False)
     scale, shift = F.eval_scale_shift(running_mean, running_var, weight, bias, eps)
     return run(F.scale_shift, F.scale_shift, x.device, x, scale, shift, sums=False)
