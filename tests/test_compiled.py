@@ -1,7 +1,8 @@
 """The compiled fast path: the same values as the eager kernels and PyTorch's.
 
 Compiling takes tens of seconds on a small CPU, so every compiling test uses one input shape
-(8200, 8): large enough for the two-stage batch sum (with a tail of rows), small enough to be quick.
+(8200, 8): large enough for the two-stage batch sum (with a tail of rows), small enough to be quick;
+the eval kernel for spatial dims gets a small (N, C, H, W).
 """
 
 import pytest
@@ -54,6 +55,18 @@ def test_compiled_train_and_eval_match_torch(device):
         results.append([out, xs.grad, w.grad, b.grad, *stats, evaluated])
     for ours, ref in zip(*results, strict=True):
         torch.testing.assert_close(ours, ref, **tolerances(torch.float32))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_compiled_eval_with_spatial_dims_matches_torch(affine):
+    # (N, C, H, W) takes the other eval kernel: scale and shift computed inside it
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, 5, 6, generator=g) * 3 + 2
+    stats = [torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5]
+    params = [torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g)] if affine else [None, None]
+    ours = bn.functional.batch_norm(x, *stats, *params, training=False, compiled=True)
+    torch.testing.assert_close(ours, TF.batch_norm(x, *stats, *params, training=False),
+                               **tolerances(torch.float32))
 
 
 def test_compiled_float32_variance_is_accurate_with_a_large_offset():
