@@ -76,6 +76,26 @@ def run(fn: Callable, *args, name: str, what: str):
         raise CheckFailed(f"{name}: the function raised {type(e).__name__}: {e} ({what})") from e
 
 
+def channel_data(shape, seed: int, offset: float, channel_dim: int = 1) -> torch.Tensor:
+    """A float64 input with per-channel scales from 0.01 (variance below the usual eps) to 10 and
+    per-channel offsets of about ``offset``."""
+    g = torch.Generator().manual_seed(seed)
+    c = shape[channel_dim]
+    view = [1] * len(shape)
+    view[channel_dim] = c
+    scale = torch.logspace(-2, 1, c, dtype=torch.float64)[torch.randperm(c, generator=g)]
+    shift = torch.randn(c, generator=g, dtype=torch.float64) * offset
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    return x * scale.reshape(view) + shift.reshape(view)
+
+
+def affine_params(c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``(gamma, beta)``: gamma in [0.5, 2], beta standard normal."""
+    g = torch.Generator().manual_seed(seed + 1000)
+    return (torch.rand(c, generator=g, dtype=torch.float64) * 1.5 + 0.5,
+            torch.randn(c, generator=g, dtype=torch.float64))
+
+
 def as_tensor(value, name: str, like: torch.Tensor) -> torch.Tensor:
     """The learner's result as a tensor shaped like ``like``, or a failure naming the mismatch."""
     if value is None:

@@ -12,7 +12,7 @@ import torch
 from .. import functional as F
 from ..testing import numeric_gradient as _reference_gradient
 from ..testing import rel_error
-from .core import CheckFailed, call, passed
+from .core import CheckFailed, affine_params, call, channel_data, passed
 
 __all__ = ["bias_shift", "bn_backward", "bn_forward", "identity_params", "numeric_gradient"]
 
@@ -62,24 +62,6 @@ def _compare(name: str, what: str, got: torch.Tensor, ref: torch.Tensor,
                       f"{rel_error(got, ref):.2g}); {hint}")
 
 
-def _data(shape, seed: int) -> torch.Tensor:
-    """Per-channel offsets and scales from 0.01 (variance below EPS) to 10, float64."""
-    g = torch.Generator().manual_seed(seed)
-    c = shape[1]
-    view = (1, c) + (1,) * (len(shape) - 2)
-    scale = torch.logspace(-2, 1, c, dtype=torch.float64)[torch.randperm(c, generator=g)]
-    offset = torch.randn(c, generator=g, dtype=torch.float64) * 5
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    return x * scale.reshape(view) + offset.reshape(view)
-
-
-def _params(c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed + 1000)
-    gamma = torch.rand(c, generator=g, dtype=torch.float64) * 1.5 + 0.5
-    beta = torch.randn(c, generator=g, dtype=torch.float64)
-    return gamma, beta
-
-
 def _normalize(x, dims, eps, unbiased=False, how="sqrt(var + eps)"):
     mean = x.mean(dims, keepdim=True)
     var = x.var(dims, keepdim=True, correction=int(unbiased))
@@ -100,8 +82,8 @@ def bn_forward(fn: Callable) -> None:
     """Check ``fn(x, gamma, beta, eps) -> out``, batch norm's training forward for (N, C, *)."""
     name = "bn_forward"
     for seed, (shape, eps) in enumerate([((4, 6), EPS), ((16, 5), 1e-5), ((3, 4, 2, 3), EPS)]):
-        x = _data(shape, seed)
-        gamma, beta = _params(shape[1], seed)
+        x = channel_data(shape, seed, offset=5)
+        gamma, beta = affine_params(shape[1], seed)
         dims = _reduce_dims(x)
         g, b = (_channel_view(v, x) for v in (gamma, beta))
         ref = F.batch_norm_forward(x, gamma, beta, eps)[0]
@@ -146,7 +128,7 @@ def identity_params(fn: Callable) -> None:
     """Check ``fn(x, eps) -> (gamma, beta)`` making batch norm the identity on the batch ``x``."""
     name = "identity_params"
     for seed, shape in enumerate([(4, 6), (10, 3)]):
-        x = _data(shape, seed)
+        x = channel_data(shape, seed, offset=5)
         mean, var = x.mean(0), x.var(0, correction=0)
         out = call(fn, x.clone(), EPS, name=name)
         if not isinstance(out, tuple | list) or len(out) != 2:
@@ -233,8 +215,8 @@ def bn_backward(fn: Callable) -> None:
     """Check ``fn(dout, x, gamma, eps) -> (dx, dgamma, dbeta)`` for an (N, D) input."""
     name = "bn_backward"
     for seed, shape in enumerate([(5, 4), (16, 3), (6, 7)]):
-        x = _data(shape, seed)
-        gamma, beta = _params(shape[1], seed)
+        x = channel_data(shape, seed, offset=5)
+        gamma, beta = affine_params(shape[1], seed)
         dout = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7),
                            dtype=torch.float64)
         _, cache = F.batch_norm_forward(x, gamma, beta, EPS)
@@ -303,7 +285,7 @@ def _gradient_case(fn: Callable, name: str, shape: tuple[int, ...], h: float, se
     g = torch.Generator().manual_seed(seed)
     spread = torch.rand(shape[1], generator=g, dtype=torch.float64) * 1.5 + 0.5
     x = torch.randn(shape, generator=g, dtype=torch.float64) * spread.reshape(-1, *[1] * (len(shape) - 2)) + 3
-    gamma, beta = _params(shape[1], seed)
+    gamma, beta = affine_params(shape[1], seed)
     dout = torch.randn(shape, generator=g, dtype=torch.float64)
 
     def on_copy(differences, *args):  # differences(f, t, *args), f reading t, a fresh copy of x

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as torch_F
 from torch import nn
 
-from .core import CheckFailed, call, passed, run
+from .core import CheckFailed, affine_params, call, channel_data, passed, run
 
 __all__ = [
     "batch_norm_function",
@@ -65,24 +65,6 @@ def _first_match(name: str, what: str, got, ref, mistakes, hint: str, **tol) -> 
     if not torch.isfinite(torch.as_tensor(got)).all():
         raise CheckFailed(f"{name}: {what} contains NaN or inf")
     raise CheckFailed(f"{name}: {what} is wrong; {hint}")
-
-
-def _data(shape, seed: int, channel_dim: int = 1) -> torch.Tensor:
-    """float64 data whose channels have offsets and scales from 0.01 to 10 (so eps shows)."""
-    g = torch.Generator().manual_seed(seed)
-    c = shape[channel_dim]
-    view = [1] * len(shape)
-    view[channel_dim] = c
-    scale = torch.logspace(-2, 1, c, dtype=torch.float64)[torch.randperm(c, generator=g)]
-    offset = torch.randn(c, generator=g, dtype=torch.float64) * 3
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    return x * scale.reshape(view) + offset.reshape(view)
-
-
-def _params(c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed + 1000)
-    return (torch.rand(c, generator=g, dtype=torch.float64) * 1.5 + 0.5,
-            torch.randn(c, generator=g, dtype=torch.float64))
 
 
 def _norm_dx(dout, x, gamma, eps, dims, paths=("mu", "var"), unbiased=False, count=None):
@@ -173,8 +155,8 @@ def batch_norm_function(fn_class) -> None:
     if not (isinstance(fn_class, type) and issubclass(fn_class, torch.autograd.Function)):
         raise CheckFailed(f"{name}: expected a subclass of torch.autograd.Function, got {fn_class!r}")
     for seed, shape in enumerate([(8, 4), (16, 3), (5, 6)]):
-        x = _data(shape, seed)
-        gamma, beta = _params(shape[1], seed)
+        x = channel_data(shape, seed, offset=3)
+        gamma, beta = affine_params(shape[1], seed)
         dout = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
         what = f"an input of shape {shape}"
         leaves = [t.clone().requires_grad_(True) for t in (x, gamma, beta)]
@@ -459,10 +441,10 @@ def my_batch_norm(cls) -> None:
         ref.train()
         for step in range(1, 4):
             m = (8, 3, 16)[step - 1]
-            x = _data((m, 5), 10 * seed + step)
+            x = channel_data((m, 5), 10 * seed + step, offset=3)
             dout = torch.randn(m, 5, generator=g, dtype=torch.float64)
             _compare_step(name, step, f"{what}, batch of {m}", layer, ref, x, dout, momentum)
-        _compare_eval(name, what, layer, ref, _data((7, 5), 99))
+        _compare_eval(name, what, layer, ref, channel_data((7, 5), 99, offset=3))
     _load_both_ways(cls, name)
     _train_together(cls, name)
     passed(name, "as torch.nn.BatchNorm1d, step by step and in a network")
@@ -476,8 +458,8 @@ def bn_backward_spatial(fn: Callable) -> None:
     """Check ``fn(dout, x, gamma, eps) -> (dx, dgamma, dbeta)`` for an (N, C, H, W) input."""
     name = "bn_backward_spatial"
     for seed, shape in enumerate([(4, 3, 5, 5), (2, 4, 3, 6), (6, 2, 2, 3)]):
-        x = _data(shape, seed)
-        gamma, beta = _params(shape[1], seed)
+        x = channel_data(shape, seed, offset=3)
+        gamma, beta = affine_params(shape[1], seed)
         dout = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
         what = f"an input of shape {shape}"
         out = _triple(run(fn, dout.clone(), x.clone(), gamma.clone(), EPS, name=name, what=what),
@@ -528,8 +510,8 @@ def layer_norm_backward(fn: Callable) -> None:
     an (N, D) input, ``gamma`` and ``beta`` of shape (D,)."""
     name = "layer_norm_backward"
     for seed, shape in enumerate([(5, 8), (3, 4), (7, 6)]):
-        x = _data(shape, seed, channel_dim=0)  # examples on very different scales
-        gamma, beta = _params(shape[1], seed)
+        x = channel_data(shape, seed, offset=3, channel_dim=0)  # examples on very different scales
+        gamma, beta = affine_params(shape[1], seed)
         dout = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
         what = f"an input of shape {shape}"
         out = _triple(run(fn, dout.clone(), x.clone(), gamma.clone(), EPS, name=name, what=what),
@@ -695,7 +677,7 @@ def frozen_batch_norm(cls) -> None:
     except RuntimeError as e:
         raise CheckFailed(f"{name}: loading BatchNorm2d's weight, bias, running_mean and running_var "
                           f"failed: {e}") from e
-    x = _data((4, 3, 2, 2), 1)
+    x = channel_data((4, 3, 2, 2), 1, offset=3)
     source.eval()
     expected = source(x)
     for mode in ("train", "eval"):
