@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the `bncourse` command, also in a venv installed before it moved
-BNCOURSE := $(BIN)/python -m bncourse.instructor.cli
+BNCOURSE := $(BIN)/python -m bncourse.teach.instructor.cli
 
 .PHONY: book book-student student-edition test lint unit book-check browser lab bench clean
 
@@ -61,7 +61,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab book/
 
 bench: $(STAMP)
-	$(BIN)/python -m bncourse.bench
+	$(BIN)/python -m bncourse.lab.bench
 
 clean:
 	rm -rf _build .pytest_cache

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from bncourse.instructor import exercises
+from bncourse.teach.instructor import exercises
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
 CHAPTER = "03a_forward"  # the quickest chapter to run; its bn_forward may not call the kernels

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bncourse import bench
+from bncourse.lab import bench
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, inside torch.compile

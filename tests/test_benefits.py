@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from bncourse import benefits, models
+from bncourse.lab import benefits, models
 from bncourse import nn as bnn
-from bncourse.data import Split
+from bncourse.lab.data import Split
 
 
 def tiny_split(n=120, seed=0) -> Split:

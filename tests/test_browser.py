@@ -60,7 +60,7 @@ def _min_font_pt() -> float:
     import matplotlib as mpl
     from matplotlib.font_manager import FontProperties
 
-    from bncourse.plot import use_style
+    from bncourse.lab.plot import use_style
 
     use_style()
     keys = ["font.size", "xtick.labelsize", "ytick.labelsize", "legend.fontsize", "axes.labelsize"]

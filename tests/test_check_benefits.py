@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from bncourse import check
-from bncourse.benefits import NoisyBatchNorm1d, batch_noise
-from bncourse.check import CheckFailed
-from bncourse.check.benefits import exact_jitter
+from bncourse.teach import check
+from bncourse.lab.benefits import NoisyBatchNorm1d, batch_noise
+from bncourse.teach.check import CheckFailed
+from bncourse.teach.check.benefits import exact_jitter
 from bncourse.functional import batch_norm
 
 

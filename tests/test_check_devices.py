@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import bncourse as bn
-from bncourse.check import CheckFailed
+from bncourse.teach.check import CheckFailed
 
 # --- merge_shards ---------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bncourse as bn
-from bncourse.check import CheckFailed
+from bncourse.teach.check import CheckFailed
 
 
 def stats(x, dims, unbiased=False):

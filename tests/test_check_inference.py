@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import bncourse as bn
-from bncourse.check import CheckFailed
+from bncourse.teach.check import CheckFailed
 
 # --- running_update -----------------------------------------------------------------------------
 

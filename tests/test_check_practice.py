@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import bncourse as bn
-from bncourse import residual, weight_decay
-from bncourse.check import CheckFailed
+from bncourse.lab import residual, weight_decay
+from bncourse.teach.check import CheckFailed
 
 # ---- batch_norm_function --------------------------------------------------------------------
 
@@ -216,7 +216,7 @@ def test_bn_backward_spatial_refuses_the_kernels_and_autograd():
         dx, dgamma = torch.autograd.grad(out, (x, gamma), dout)
         return dx, dgamma, dout.sum((0, 2, 3))
 
-    for cheat, used in ((kernel, "bncourse.functional"), (by_autograd, "torch.autograd.grad")):
+    for cheat, used in ((kernel, "bncourse.kernels"), (by_autograd, "torch.autograd.grad")):
         with pytest.raises(CheckFailed, match=f"bn_backward_spatial: write your own: your function "
                                               f"calls {used}"):
             bn.check.bn_backward_spatial(cheat)

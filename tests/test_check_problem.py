@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from bncourse import check
-from bncourse.check import CheckFailed
+from bncourse.teach import check
+from bncourse.teach.check import CheckFailed
 
 
 def grad_ok(w, b, x, y):

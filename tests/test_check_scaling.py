@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bncourse import check
-from bncourse.check import CheckFailed
+from bncourse.teach import check
+from bncourse.teach.check import CheckFailed
 
 
 def std_ok(x):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from bncourse import check
-from bncourse.check import CheckFailed
+from bncourse.teach import check
+from bncourse.teach.check import CheckFailed
 
 
 def solution(weights, x, y, i, lr, *, stepped=None, sign=-1.0, total=False, inplace=False):

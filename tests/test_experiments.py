@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bncourse import data, experiments, models, train
+from bncourse.lab import data, experiments, models, train
 
 
 def test_records_the_percentiles_of_the_layer_input():

@@ -1,4 +1,4 @@
-"""bncourse.flow (batch norm with a stop-gradient on its statistics) and bncourse.diagram."""
+"""bncourse.flow (batch norm with a stop-gradient on its statistics) and bncourse.lab.diagram."""
 
 import matplotlib.pyplot as plt
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as TF
 from matplotlib.text import Annotation
 
 import bncourse as bn
-from bncourse import diagram, flow
+from bncourse.lab import diagram, flow
 
 
 def make(shape, device, dtype=torch.float64, seed=0):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as TF
 
 import bncourse as bn
-from bncourse import bench, hardware
+from bncourse.lab import bench, hardware
 
 
 def test_roofs_are_positive_numbers():

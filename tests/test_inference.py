@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import bncourse as bn
-from bncourse import inference as inf
+from bncourse.lab import inference as inf
 
 # --- momentum conventions ----------------------------------------------------------------------
 

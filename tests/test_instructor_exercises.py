@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from bncourse.instructor import cli, exercises
+from bncourse.teach.instructor import cli, exercises
 from instructor_cases import exercise_cells, synthetic_notebook
 
 BOOK = Path(__file__).resolve().parent.parent / "book"

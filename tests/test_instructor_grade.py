@@ -7,8 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bncourse.instructor import cli, grade, report
-from bncourse.instructor.grade import ERROR, FAIL, NOT_ATTEMPTED, PASS, Row
+from bncourse.teach.instructor import cli, grade, report
+from bncourse.teach.instructor.grade import ERROR, FAIL, NOT_ATTEMPTED, PASS, Row
 from instructor_cases import Case, submission, synthetic_notebook
 
 

@@ -17,8 +17,8 @@ import pytest
 from nbgrader.api import Gradebook
 
 import instructor_cases as cases
-from bncourse.instructor import cli, exercises
-from bncourse.instructor.grade import ERROR, NOT_ATTEMPTED
+from bncourse.teach.instructor import cli, exercises
+from bncourse.teach.instructor.grade import ERROR, NOT_ATTEMPTED
 
 DOC = (cases.BOOK / "instructors.md").read_text()
 CHAPTERS = exercises.chapter_notebooks(cases.BOOK)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bncourse import landscape
+from bncourse.lab import landscape
 
 
 def test_two_features_has_exactly_the_requested_moments():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bncourse import benefits, models
+from bncourse.lab import benefits, models
 
 
 def test_xavier_and_kaiming_draw_with_the_documented_spread_and_zero_biases():

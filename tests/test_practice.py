@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import bncourse as bn
-from bncourse import convnets, dropout_shift, finetune, residual, weight_decay
-from bncourse.sgd import sgd
+from bncourse.lab import convnets, dropout_shift, finetune, residual, weight_decay
+from bncourse.lab.sgd import sgd
 
 
 def blobs(n=64, features=8, classes=3, seed=0):

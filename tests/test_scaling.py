@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
-from bncourse import data, scaling
+from bncourse.lab import data, scaling
 
 
 @pytest.fixture(scope="module")

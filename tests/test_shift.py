@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bncourse import benefits, models, shift
+from bncourse.lab import benefits, models, shift
 from bncourse import nn as bnn
-from bncourse.data import Split
-from bncourse.train import train
+from bncourse.lab.data import Split
+from bncourse.lab.train import train
 
 
 def layer_noise(layer: shift.DriftingBatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:

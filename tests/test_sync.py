@@ -1,6 +1,6 @@
 """bncourse.nn.SyncBatchNorm: K gloo processes, each with a shard, against one process on the whole batch.
 
-Processes are started once per K for the whole module (bncourse.distributed.Cluster: 127.0.0.1
+Processes are started once per K for the whole module (bncourse.lab.distributed.Cluster: 127.0.0.1
 only, every process ended at the end, on a failure or past a time limit) and run many cases each.
 """
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import bncourse as bn
-from bncourse.distributed import (
+from bncourse.lab.distributed import (
     Cluster,
     WorkerError,
     data_parallel_train,

@@ -1,52 +1,58 @@
 """bncourse: the package every chapter of the Batch Normalization course imports as ``bn``.
 
-Importing it applies the book's matplotlib style.
+Three parts, each importing only the ones before it:
+
+* **the library** (this folder): what batch normalization is, usable outside the course.
+  ``kernels`` (the readable kernels), ``tuned`` (the same math, fewer passes over memory),
+  ``autograd``, ``compiled`` (``torch.compile``), ``functional`` (``batch_norm`` with torch's
+  signature), ``layers`` and ``nn`` (drop-ins for torch's modules), ``sync``, ``smallbatch``, ``fold``.
+* **the laboratory** (``lab/``): what the chapters measure with: devices and seeds, data, models,
+  the trainer that trains many seeds at once, plots, and one module per chapter topic.
+* **the teaching tools** (``teach/``): the exercise checks, the instructor's side, the book's
+  Sphinx extension.
+
+A notebook imports it once, ``import bncourse as bn``, and reaches every module as ``bn.NAME``
+(``bn.functional``, ``bn.models``, ``bn.check``, ...). Importing it applies the book's figure style.
 """
 
 import importlib
 
-from . import (
-    autograd,
+from . import autograd, compiled, fold, functional, kernels, layers, nn, smallbatch, sync, tuned
+from .lab import (
     benefits,
-    check,
-    compiled,
     convnets,
     data,
+    device,
     diagram,
     distributed,
     dropout_shift,
     experiments,
     finetune,
     flow,
-    fold,
-    functional,
     hardware,
     inference,
     landscape,
     models,
-    nn,
     plot,
     residual,
     scaling,
     sgd,
     shift,
-    smallbatch,
-    sync,
     testing,
     train,
-    tuned,
     weight_decay,
 )
-from .device import available_devices, default_device, seed_everything, setup
-from .testing import rel_error
+from .lab.device import available_devices, default_device, seed_everything, setup
+from .lab.testing import rel_error
+from .teach import check
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``bn.bench`` is imported on first use, so that ``python -m bncourse.bench`` runs it fresh."""
+    """``bn.bench`` is imported on first use, so that ``python -m bncourse.lab.bench`` runs it fresh."""
     if name == "bench":
-        return importlib.import_module(".bench", __name__)
+        return importlib.import_module(".lab.bench", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

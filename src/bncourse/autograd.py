@@ -3,7 +3,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .functional import BatchNormCache
+from .kernels import BatchNormCache
 from .tuned import batch_norm_backward_fused, batch_norm_forward
 
 

@@ -1,9 +1,9 @@
-"""The fast path: the readable kernels of :mod:`bncourse.functional`, compiled by ``torch.compile``.
+"""The fast path: the readable kernels of :mod:`bncourse.kernels`, compiled by ``torch.compile``.
 
 Inductor, PyTorch's compiler, fuses each kernel into loops over memory: C++ with OpenMP on the CPU
 (it needs a C++ compiler, ``g++`` or ``clang++``), Triton on CUDA. The functions compiled are
-:func:`bncourse.functional.batch_norm_forward`, :func:`~bncourse.functional.batch_norm_backward_fused`
-and :func:`~bncourse.functional.scale_shift` (eval) themselves: the same math, the same two-pass variance.
+:func:`bncourse.kernels.batch_norm_forward`, :func:`~bncourse.kernels.batch_norm_backward_fused`
+and :func:`~bncourse.kernels.scale_shift` (eval) themselves: the same math, the same two-pass variance.
 
 One thing changes, *how* a sum runs: Inductor's loop for the per-channel sum of an ``(N, C)`` tensor
 over dim 0 walks down the columns, 16 channels at a time, sweeping the whole tensor ``C / 16`` times
@@ -23,7 +23,8 @@ import warnings
 
 import torch
 
-from . import functional as F
+from . import kernels as F
+from .tuned import batch_norm_backward_fused, batch_norm_forward
 
 __all__ = ["available", "backward", "batch_norm_eval", "batch_norm_train", "batch_sum", "compile_kernel",
            "forward", "generated_code"]
@@ -167,8 +168,6 @@ class BatchNormCompiledFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        from .tuned import batch_norm_forward
-
         def eager(x, weight, bias, eps):
             out, cache = batch_norm_forward(x, weight, bias, eps)
             return out, cache.mean, cache.var, cache.inv_std
@@ -182,8 +181,6 @@ class BatchNormCompiledFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dmean, _dvar):
-        from .tuned import batch_norm_backward_fused
-
         def eager(dout, x, mean, inv_std, weight, eps):
             return batch_norm_backward_fused(dout, F.BatchNormCache(x, mean, None, inv_std, weight, eps))
 

@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from . import functional as F
+from . import kernels as F
 from . import nn as bnn
 
 __all__ = ["fold_batch_norm", "fold_model"]

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from .autograd import BatchNormFunction
-from .functional import channel_view, check_eps, scale_shift, update_running_stats
-from .inference import bn_layers
-from .nn import _BatchNorm
+from .kernels import channel_view, check_eps, scale_shift, update_running_stats
+from .layers import bn_layers
+from .layers import _BatchNorm
 from .sync import check_layer_input, momentum_factor
 
 __all__ = ["BatchRenorm", "GhostBatchNorm", "relax_renorm", "replace_norms"]

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .functional import channel_view
-from .nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from .kernels import channel_view
+from .layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from .tuned import channel_sum, channel_sums
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "local_moments", "merge_moments"]

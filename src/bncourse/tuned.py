@@ -3,7 +3,7 @@
 Batch norm does a few flops per value it reads, so its speed is set by memory traffic. These
 kernels compute exactly the values of the readable ones; :func:`bncourse.functional.batch_norm`
 and the layers of :mod:`bncourse.nn` run them. Three choices come from measurement
-(``python -m bncourse.bench``), not taste:
+(``python -m bncourse.lab.bench``), not taste:
 
 * The variance is computed in two passes, corrected for the rounding of the mean (Chan, Golub and
   LeVeque, 1983), with both sums of the second pass taken in one sweep (:func:`channel_sums`).
@@ -19,7 +19,7 @@ and the layers of :mod:`bncourse.nn` run them. Three choices come from measureme
 
 import torch
 
-from .functional import BatchNormCache, channel_view, check_channel_vector, check_input
+from .kernels import BatchNormCache, channel_view, check_channel_vector, check_input
 
 __all__ = ["batch_norm_backward_fused", "batch_norm_forward", "channel_sum", "channel_sums"]
 

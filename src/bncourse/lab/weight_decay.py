@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .data import Split
-from .inference import bn_layers
+from ..layers import bn_layers
 from .sgd import sgd
 
 

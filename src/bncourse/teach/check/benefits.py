@@ -9,9 +9,9 @@ from numbers import Real
 
 import torch
 
-from ..benefits import Sweep, bn_linear_grad
-from ..functional import batch_norm
-from ..train import History
+from ...lab.benefits import Sweep, bn_linear_grad
+from ...functional import batch_norm
+from ...lab.train import History
 from .core import CheckFailed, as_tensor, call, passed
 
 __all__ = ["batch_jitter", "gradient_change", "grad_at_scaled_weight", "largest_trainable_lr",

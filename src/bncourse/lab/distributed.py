@@ -30,8 +30,8 @@ from torch import nn
 
 from .data import Split
 from .data import batches as shuffled_batches
-from .smallbatch import GhostBatchNorm, replace_norms
-from .sync import SyncBatchNorm
+from ..smallbatch import GhostBatchNorm, replace_norms
+from ..sync import SyncBatchNorm
 
 __all__ = [
     "Cluster",

@@ -8,7 +8,7 @@ zero (Goyal et al., 2017) makes every block the identity at the start of trainin
 import torch
 from torch import nn
 
-from . import nn as bnn
+from .. import nn as bnn
 
 
 class ResidualBlock(nn.Module):

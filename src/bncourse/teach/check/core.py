@@ -23,17 +23,18 @@ class CheckFailed(AssertionError):
 # inside a try/except.
 TORCH_BATCH_NORM = ("torch.nn.functional.batch_norm", "torch.nn.modules.batchnorm",
                     *(f"torch.{n}" for n in dir(torch) if "batch_norm" in n))
-KERNELS = (*TORCH_BATCH_NORM, "bncourse.functional", "bncourse.tuned", "bncourse.nn", "bncourse.autograd")
+KERNELS = (*TORCH_BATCH_NORM, "bncourse.kernels", "bncourse.functional", "bncourse.tuned", "bncourse.layers",
+           "bncourse.nn", "bncourse.autograd")
 AUTOGRAD = ("torch.autograd.grad", "torch.autograd.backward")
 WRITE_YOUR_OWN = {
     "mse_gradient": AUTOGRAD,
-    "largest_stable_lr": ("bncourse.landscape",),
-    "standardize": ("bncourse.scaling",),
+    "largest_stable_lr": ("bncourse.lab.landscape",),
+    "standardize": ("bncourse.lab.scaling",),
     "identity_params": KERNELS,
     "bn_forward": KERNELS,
     "bias_shift": KERNELS,
     "bn_backward": KERNELS + AUTOGRAD,
-    "numeric_gradient": ("bncourse.testing",),
+    "numeric_gradient": ("bncourse.lab.testing",),
     "running_update": KERNELS,
     "eval_batch_norm": TORCH_BATCH_NORM + ("bncourse", "torch.nn.functional"),
     "group_norm": KERNELS + ("torch.nn.functional.group_norm", "torch.group_norm",

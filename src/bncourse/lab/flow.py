@@ -11,8 +11,8 @@ comes from (:class:`FirstLayerRecord`).
 import numpy as np
 import torch
 
-from . import functional as F
-from .nn import BatchNorm1d
+from .. import functional as F
+from ..nn import BatchNorm1d
 
 __all__ = ["FirstLayerRecord", "StopGradBatchNorm1d", "stop_grad_batch_norm"]
 

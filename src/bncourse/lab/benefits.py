@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from . import nn as bnn
+from .. import nn as bnn
 from .data import Split, digits
-from .functional import batch_norm
+from ..functional import batch_norm
 from .models import ACTIVATIONS, mlp, scale_weights
 from .train import ProbeBatches, train
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..scaling import fit_standard
+from ...lab.scaling import fit_standard
 from .core import CheckFailed, as_tensor, call, passed
 
 __all__ = ["standardize", "standardize_split"]

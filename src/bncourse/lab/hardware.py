@@ -81,7 +81,7 @@ def kernel_step(kernels, inputs: dict) -> Callable[[], object]:
     """One training-mode forward and backward of a kernel module's value kernels (no autograd).
 
     ``kernels`` is :mod:`bncourse.functional` (readable) or :mod:`bncourse.tuned`; ``inputs`` is
-    :func:`bncourse.bench.make_inputs`'s dict.
+    :func:`bncourse.lab.bench.make_inputs`'s dict.
     """
     x, dy, w, b = (inputs[k].detach() for k in ("x", "dy", "weight", "bias"))
 

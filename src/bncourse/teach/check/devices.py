@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..smallbatch import BatchRenorm
+from ...smallbatch import BatchRenorm
 from .core import CheckFailed, as_tensor, passed, run
 
 __all__ = ["batch_renorm", "merge_shards"]

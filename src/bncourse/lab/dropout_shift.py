@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import nn as bnn
-from .functional import reduce_dims
-from .inference import bn_layers
+from .. import nn as bnn
+from ..functional import reduce_dims
+from ..layers import bn_layers
 
 PLACES = ("none", "before_bn", "after_bn")
 

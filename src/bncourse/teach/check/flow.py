@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-from .. import functional as F
-from ..testing import numeric_gradient as _reference_gradient
-from ..testing import rel_error
+from ... import functional as F
+from ...lab.testing import numeric_gradient as _reference_gradient
+from ...lab.testing import rel_error
 from .core import CheckFailed, affine_params, call, channel_data, passed
 
 __all__ = ["bias_shift", "bn_backward", "bn_forward", "identity_params", "numeric_gradient"]

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from . import nn as bnn
+from .. import nn as bnn
 
 NORMS = {"bn": bnn.BatchNorm2d, "torch_bn": nn.BatchNorm2d}
 

@@ -1,7 +1,7 @@
 """Benchmark: this package's ``batch_norm`` against PyTorch's, on the default device.
 
-    python -m bncourse.bench            # full run
-    python -m bncourse.bench --quick    # fewer repetitions
+    python -m bncourse.lab.bench            # full run
+    python -m bncourse.lab.bench --quick    # fewer repetitions
 
 Three contenders: PyTorch's ``torch.nn.functional.batch_norm``, ours with the eager kernels
 (:mod:`bncourse.tuned`) and ours compiled (``compiled=True``, :mod:`bncourse.compiled`). Times are
@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as TF
 
-from . import functional as F
+from .. import functional as F
 from .device import default_device
 from .hardware import TENSOR_PASSES, copy_bandwidth, sync, time_interleaved
 
@@ -74,7 +74,7 @@ def peak_memory(impl, shape, device):
         torch.cuda.synchronize(device)
         extra = torch.cuda.max_memory_allocated(device) - base
     elif device.type == "cpu" and sys.platform == "linux":
-        code = f"from bncourse.bench import cpu_peak_child; cpu_peak_child({impl!r}, {shape!r})"
+        code = f"from bncourse.lab.bench import cpu_peak_child; cpu_peak_child({impl!r}, {shape!r})"
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env=env)
@@ -149,7 +149,7 @@ def run(quick: bool = False, device=None) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bncourse.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bncourse.lab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--device", help="device to run on (default: bncourse.default_device())")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..fold import fold_batch_norm
+from ...fold import fold_batch_norm
 from .core import CheckFailed, call, passed
 
 __all__ = ["fold_linear_bn", "predict_ms"]

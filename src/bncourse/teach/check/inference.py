@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as torch_F
 
-from .. import functional as F
-from .. import inference as inf
+from ... import functional as F
+from ...lab import inference as inf
 from .core import CheckFailed, as_tensor, passed, run
 
 __all__ = ["batch_mean_std", "eval_batch_norm", "group_norm", "population_stats", "running_update"]

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import nn as bnn
-from .functional import channel_view, reduce_dims
+from .. import nn as bnn
+from ..functional import channel_view, reduce_dims
+from ..layers import BATCH_NORMS, bn_layers
 
 __all__ = [
     "MOMENTUM_CONVENTIONS",
@@ -284,16 +285,6 @@ def population_stats(chunks: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torc
     return moments.result()
 
 
-BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, bnn._BatchNorm)
-
-
-def bn_layers(model: nn.Module) -> list[nn.Module]:
-    """Every batch norm layer of ``model`` (PyTorch's and this course's), in ``modules()`` order."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    return [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
-
-
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the layer of interest has seen its input."""
 
@@ -525,7 +516,7 @@ def _stacked_forward(modules, params, buffers, h: torch.Tensor) -> torch.Tensor:
     """Training-mode forward of K stacked copies of ``modules`` on ``h`` of shape (B, K, C)."""
     from torch.nn import functional as torch_F
 
-    from .functional import batch_norm
+    from ..functional import batch_norm
 
     for j, mod in enumerate(modules):
         p = params.get(j, {})

@@ -4,7 +4,7 @@ The grader runs the *source* notebook in a fresh kernel, with each solution cell
 submission by its nbgrader grade id. Every other cell, the check cells above all, comes from the
 source: a check the student edited or deleted runs as the instructor wrote it, and cells the student
 added are not run. After each check the kernel reports whether anything the checks rely on was
-rebound (:mod:`bncourse.instructor.kernel`). A solution or check cell that runs past its time limit
+rebound (:mod:`bncourse.teach.instructor.kernel`). A solution or check cell that runs past its time limit
 or kills the kernel fails its exercise, and grading goes on in a fresh kernel that replays the cells
 before it. The notebook's own cells (which may train a model) have a time limit of their own.
 """
@@ -23,7 +23,7 @@ from .exercises import Exercise, find_exercises, nbgrader_meta, source, strip_so
 from .kernel import MARK
 
 PASS, FAIL, NOT_ATTEMPTED, ERROR = "pass", "fail", "not attempted", "error"
-KERNEL = '__import__("bncourse.instructor.kernel", fromlist=["kernel"])'
+KERNEL = '__import__("bncourse.teach.instructor.kernel", fromlist=["kernel"])'
 
 
 @dataclass

@@ -885,7 +885,7 @@ def linear_variance_shift(fn: Callable) -> None:
 def zero_init_residual(fn: Callable) -> None:
     """Check ``fn(model)``: zero the gamma of the last batch norm of every residual branch of a
     ``bn.residual.residual_mlp`` in place, and nothing else."""
-    from .. import residual
+    from ...lab import residual
 
     name = "zero_init_residual"
     torch.manual_seed(0)
@@ -955,7 +955,7 @@ def warmup_lr(fn: Callable) -> None:
 def train_with_frozen_bn(fn: Callable) -> None:
     """Check ``fn(model)``: put ``model`` in training mode except for its batch-norm layers, which
     stay in eval mode (running statistics used, never updated), at any depth of nesting."""
-    from .. import nn as bnn
+    from ... import nn as bnn
 
     name = "train_with_frozen_bn"
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import copy
 import torch
 from torch import nn
 
-from .inference import bn_layers, recompute_bn_stats
+from ..layers import bn_layers
+from .inference import recompute_bn_stats
 from .sgd import sgd
 
 STRATEGIES = ("train", "eval", "frozen", "re-estimated")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from . import nn as bnn
+from .. import nn as bnn
 from .models import mlp
 from .train import ProbeBatches
 

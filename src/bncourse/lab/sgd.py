@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .data import batches
-from .inference import bn_layers
+from ..layers import bn_layers
 
 
 def sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,

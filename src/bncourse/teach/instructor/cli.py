@@ -1,4 +1,4 @@
-"""The ``bncourse`` command for instructors (also ``python -m bncourse.instructor.cli``).
+"""The ``bncourse`` command for instructors (also ``python -m bncourse.teach.instructor.cli``).
 
     bncourse student-edition OUT_DIR        chapter notebooks without solutions or outputs
     bncourse student-book OUT_DIR           the book's sources for a student build (no solutions)
