@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from bncourse.lab import benefits, models
 from bncourse import nn as bnn
+from bncourse.lab import benefits, models
 from bncourse.lab.data import Split
 
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from bncourse.teach import check
+from bncourse.functional import batch_norm
 from bncourse.lab.benefits import NoisyBatchNorm1d, batch_noise
+from bncourse.teach import check
 from bncourse.teach.check import CheckFailed
 from bncourse.teach.check.benefits import exact_jitter
-from bncourse.functional import batch_norm
 
 
 # ------------------------------------------------------------------------- grad_at_scaled_weight

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bncourse.lab import benefits, models, shift
 from bncourse import nn as bnn
+from bncourse.lab import benefits, models, shift
 from bncourse.lab.data import Split
 from bncourse.lab.train import train
 

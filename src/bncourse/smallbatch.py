@@ -16,8 +16,7 @@ from torch import nn
 
 from .autograd import BatchNormFunction
 from .kernels import channel_view, check_eps, scale_shift, update_running_stats
-from .layers import bn_layers
-from .layers import _BatchNorm
+from .layers import _BatchNorm, bn_layers
 from .sync import check_layer_input, momentum_factor
 
 __all__ = ["BatchRenorm", "GhostBatchNorm", "relax_renorm", "replace_norms"]

@@ -28,8 +28,8 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import nn as bnn
-from .data import Split, digits
 from ..functional import batch_norm
+from .data import Split, digits
 from .models import ACTIVATIONS, mlp, scale_weights
 from .train import ProbeBatches, train
 

@@ -28,10 +28,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import Split
-from .data import batches as shuffled_batches
 from ..smallbatch import GhostBatchNorm, replace_norms
 from ..sync import SyncBatchNorm
+from .data import Split
+from .data import batches as shuffled_batches
 
 __all__ = [
     "Cluster",

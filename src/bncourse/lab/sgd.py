@@ -10,8 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .data import batches
 from ..layers import bn_layers
+from .data import batches
 
 
 def sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,

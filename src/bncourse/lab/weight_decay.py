@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data import Split
 from ..layers import bn_layers
+from .data import Split
 from .sgd import sgd
 
 

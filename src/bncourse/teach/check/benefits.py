@@ -9,8 +9,8 @@ from numbers import Real
 
 import torch
 
-from ...lab.benefits import Sweep, bn_linear_grad
 from ...functional import batch_norm
+from ...lab.benefits import Sweep, bn_linear_grad
 from ...lab.train import History
 from .core import CheckFailed, as_tensor, call, passed
 
