@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from bncourse.lab import data, experiments, models, train
+from bncourse.lab import data, experiments, models
+from bncourse.lab.trainer import each, train
 
 
 def test_records_the_percentiles_of_the_layer_input():
@@ -25,7 +26,7 @@ def test_as_on_step_callback_it_records_every_k_steps_and_follows_training():
     torch.manual_seed(0)
     model = models.mlp([64, 16, 10], activation="sigmoid")
     tracker = experiments.track_percentiles(model, model[1], split.x_test, every=5)
-    train.train(model, split, steps=20, lr=0.1, progress=False, on_step=tracker)
+    train([model], split, 20, 0.1, progress=False, on_step=each([tracker]))
     assert tracker.steps == [0, 5, 10, 15, 20]
     assert tracker.values.shape == (5, 3, 16)
     assert not torch.equal(tracker.values[0], tracker.values[-1])  # the weights moved
@@ -46,7 +47,7 @@ def test_batch_stats_sees_the_probe_set_as_a_training_step_does_and_eval_mode_do
     split = data.digits()
     torch.manual_seed(0)
     model = models.mlp([64, 16, 10], activation="sigmoid", norm="bn")
-    train.train(model, split, steps=5, lr=0.1, progress=False)  # running stats still far off
+    train([model], split, 5, 0.1, progress=False)  # running stats still far off
     before = {k: v.clone() for k, v in model.state_dict().items()}
     q = torch.tensor([0.15, 0.5, 0.85])
     trackers = {}

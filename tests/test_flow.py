@@ -102,7 +102,7 @@ def test_clear_errors():
 
 
 def run_recorded(norm, device, steps=30, lr=0.2):
-    """A Linear -> norm -> ReLU -> Linear net trained by bn.train.train with a FirstLayerRecord."""
+    """A Linear -> norm -> ReLU -> Linear net trained by bn.train with a FirstLayerRecord."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(96, 6, generator=g, dtype=torch.float64)  # in [0, 1]: an offset to remove
     y = (x[:, 0] > x[:, 1]).long()
@@ -112,9 +112,8 @@ def run_recorded(norm, device, steps=30, lr=0.2):
                               torch.nn.Linear(5, 2)).to(device, torch.float64)
     w0, b0 = net[0].weight.detach().clone(), net[0].bias.detach().clone()
     record = flow.FirstLayerRecord(net[0], net[1], lr)
-    bn.train.train(net, data, steps, lr, batch_size=32, eval_every=steps, progress=False,
-                   on_step=record)
-    record.remove()
+    bn.train([net], data, steps, lr, batch_size=32, progress=False,
+             on_step=bn.trainer.each([record]))
     return net, w0, b0, record
 
 

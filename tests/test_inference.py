@@ -392,43 +392,26 @@ def _small_split(n=60, seed=0):
     return bn.data.Split(x, y, x[:10], y[:10])
 
 
-@pytest.mark.parametrize("norm", ["bn", "torch_bn", "layer", "group", None])
+@pytest.mark.parametrize("norm", ["bn", "group"])
 def test_train_many_equals_separate_runs(norm, float64):
-    """In float64 the stacked run gives each network exactly what bn.train.train gives it."""
+    """Each network of the grid is what bn.train gives that seed and rate alone."""
     data, sizes = _small_split(), [8, 32, 32, 4]  # group norm: 8 groups of 4
     many = inf.train_many(sizes, norm, data, [0.05, 0.5], [0, 3], steps=17, batch_size=8)
     assert list(many) == [(0.05, 0), (0.05, 3), (0.5, 0), (0.5, 3)]
     for (lr, seed), model in many.items():
-        bn.seed_everything(seed)
-        ref = bn.models.mlp(sizes, norm=norm)
-        bn.train.train(ref, data, 17, lr, batch_size=8, eval_every=17, seed=seed, progress=False)
+        ref = bn.train(lambda: bn.models.mlp(sizes, norm=norm), data, 17, lr, seeds=[seed],
+                       batch_size=8, progress=False).models[0]
         got, want = model.state_dict(), ref.state_dict()
         assert list(got) == list(want)
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12)
 
 
-def test_train_many_keeps_a_diverging_run_to_itself(float64):
-    data, sizes = _small_split(), [8, 16, 4]
-    alone = inf.train_many(sizes, None, data, [0.1], [1], steps=10, batch_size=4)
-    mixed = inf.train_many(sizes, None, data, [0.1, 1e200], [1], steps=10, batch_size=4)
-    assert not all(torch.isfinite(p).all() for p in mixed[(1e200, 1)].parameters())
-    for p, q in zip(alone[(0.1, 1)].state_dict().values(), mixed[(0.1, 1)].state_dict().values(),
-                    strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
-
-
-def test_train_many_rejects_bad_input():
+def test_train_many_rejects_bad_input(float64):
     data = _small_split()
-    data = bn.data.Split(*(t.float() if t.is_floating_point() else t for t in
-                           (data.x_train, data.y_train, data.x_test, data.y_test)))
     with pytest.raises(ValueError, match="distinct seeds"):
         inf.train_many([8, 4], None, data, [0.1], [1, 1], 5, 4)
     with pytest.raises(ValueError, match="steps must be"):
         inf.train_many([8, 4], None, data, [0.1], [1], 0, 4)
     with pytest.raises(ValueError, match=r"batch_size must be an int in \[2, 60\]"):
         inf.train_many([8, 4], None, data, [0.1], [1], 5, 1)
-    with pytest.raises(ValueError, match="float momentum"):
-        inf._check_stackable([bn.nn.BatchNorm1d(4, momentum=None)])
-    with pytest.raises(ValueError, match="parameter-free"):
-        inf._check_stackable([nn.Conv1d(2, 2, 1)])

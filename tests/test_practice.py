@@ -10,7 +10,6 @@ from torch import nn
 
 import bncourse as bn
 from bncourse.lab import convnets, dropout_shift, finetune, residual, weight_decay
-from bncourse.lab.sgd import sgd
 
 
 def blobs(n=64, features=8, classes=3, seed=0):
@@ -22,57 +21,6 @@ def blobs(n=64, features=8, classes=3, seed=0):
 
 def state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-# ---- sgd --------------------------------------------------------------------------------------
-
-
-def test_sgd_learns_and_weight_decay_is_torchs():
-    x, y = blobs()
-    torch.manual_seed(0)
-    model = bn.models.mlp([8, 16, 3], norm="bn")
-    twin = bn.models.mlp([8, 16, 3], norm="bn")
-    twin.load_state_dict(model.state_dict())
-    losses = sgd(model, x, y, steps=40, lr=0.2, batch_size=16, weight_decay=0.01)
-    assert len(losses) == 40 and losses[-1] < losses[0]
-    opt = torch.optim.SGD(twin.parameters(), lr=0.2, weight_decay=0.01)   # the same loop by hand
-    gen = torch.Generator().manual_seed(0)
-    step = 0
-    while step < 40:
-        for xb, yb in bn.data.batches(x, y, 16, gen):
-            loss = nn.functional.cross_entropy(twin(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == 40:
-                break
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b)
-
-
-def test_sgd_bn_eval_holds_the_statistics():
-    x, y = blobs()
-    model = bn.models.mlp([8, 16, 3], norm="bn")
-    layer = model[1]
-    with torch.no_grad():
-        layer.running_mean.fill_(0.5)
-    before = layer.running_mean.clone()
-    sgd(model, x, y, steps=5, lr=0.1, batch_size=8, bn_eval=True)
-    assert torch.equal(layer.running_mean, before) and not layer.training and model[0].training
-    sgd(model, x, y, steps=1, lr=0.1, batch_size=8)
-    assert not torch.equal(layer.running_mean, before)
-
-
-def test_sgd_refuses_bad_arguments():
-    x, y = blobs()
-    model = bn.models.mlp([8, 4, 3])
-    with pytest.raises(ValueError, match="steps"):
-        sgd(model, x, y, steps=0, lr=0.1)
-    with pytest.raises(ValueError, match="lr > 0"):
-        sgd(model, x, y, steps=1, lr=-1.0)
-    with pytest.raises(ValueError, match="batch_size 100"):
-        sgd(model, x, y, steps=1, lr=0.1, batch_size=100)
 
 
 # ---- convnets -----------------------------------------------------------------------------------
@@ -139,27 +87,28 @@ def test_scale_invariant_weights_and_angle():
 def test_trace_norms_records_every_step_and_the_norm_shrinks_with_decay():
     x, y = blobs(n=96)
     data = bn.data.Split(x, y, x, y)
-    torch.manual_seed(0)
-    model = bn.models.mlp([8, 16, 3], norm="bn")
-    trace = weight_decay.trace_norms(model, data, steps=30, lr=0.5, weight_decay=0.1, batch_size=16)
-    assert trace.norms.shape == (31, 1) and trace.angles.shape == (30, 1) and len(trace.losses) == 30
-    assert trace.norms[-1, 0] < trace.norms[0, 0]
-    assert abs(trace.norms[-1, 0] - model[0].weight.norm().item()) < 1e-5
-    assert trace.grad_norms.shape == (30, 1) and (trace.grad_norms > 0).all()
+    trace = weight_decay.trace_norms(lambda: bn.models.mlp([8, 16, 3], norm="bn"), data, steps=30,
+                                     lr=0.5, weight_decay=0.1, batch_size=16, seeds=[0, 1])
+    assert trace.norms.shape == (2, 31, 1) and trace.angles.shape == (2, 30, 1)
+    assert trace.runs.step_loss.shape == (2, 30)
+    assert (trace.norms[:, -1, 0] < trace.norms[:, 0, 0]).all()
+    for i, model in enumerate(trace.runs.models):
+        assert abs(trace.norms[i, -1, 0] - model[0].weight.norm().item()) < 1e-5
+    assert trace.grad_norms.shape == (2, 30, 1) and (trace.grad_norms > 0).all()
 
 
 def test_trace_norms_decays_only_the_scale_invariant_weights_as_pytorch_would():
     x, y = blobs(n=96)
-    torch.manual_seed(0)
+    bn.seed_everything(0)
     model = bn.models.mlp([8, 16, 16, 3], norm="bn").double()
     reference = copy.deepcopy(model)
     data = bn.data.Split(x.double(), y, x.double(), y)
-    weight_decay.trace_norms(model, data, steps=12, lr=0.5, weight_decay=0.1, batch_size=16)
+    weight_decay.trace_norms([model], data, steps=12, lr=0.5, weight_decay=0.1, batch_size=16)
     invariant = weight_decay.scale_invariant_weights(reference)
     others = [p for p in reference.parameters() if all(p is not w for w in invariant)]
     opt = torch.optim.SGD([{"params": invariant, "weight_decay": 0.1},
                            {"params": others, "weight_decay": 0.0}], lr=0.5)
-    gen, step = torch.Generator().manual_seed(0), 0
+    gen, step = bn.generator(0), 0
     while step < 12:
         for xb, yb in bn.data.batches(data.x_train, data.y_train, 16, gen):
             opt.zero_grad()
@@ -171,10 +120,9 @@ def test_trace_norms_decays_only_the_scale_invariant_weights_as_pytorch_would():
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     # without decay the step is orthogonal to w: tan(angle) = lr |g| / |w|
-    torch.manual_seed(0)
-    plain = weight_decay.trace_norms(bn.models.mlp([8, 16, 16, 3], norm="bn").double(), data,
+    plain = weight_decay.trace_norms(lambda: bn.models.mlp([8, 16, 16, 3], norm="bn").double(), data,
                                      steps=12, lr=0.5, batch_size=16)
-    torch.testing.assert_close(plain.angles.tan() * plain.norms[:-1] / 0.5, plain.grad_norms,
+    torch.testing.assert_close(plain.angles.tan() * plain.norms[:, :-1] / 0.5, plain.grad_norms,
                                rtol=1e-4, atol=0)
 
 
@@ -272,22 +220,24 @@ def test_freeze_batch_norm_replaces_every_layer():
 @pytest.mark.parametrize("strategy", finetune.STRATEGIES)
 def test_fine_tune_strategies(strategy):
     x, y = blobs(n=48)
-    torch.manual_seed(0)
-    model = bn.models.mlp([8, 16, 3], norm="bn")
-    before = state(model)
-    tuned, losses = finetune.fine_tune(model, x + 3, y, strategy, steps=6, lr=0.05, batch_size=4)
-    assert len(losses) == 6 and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    layer = tuned[1]
-    if strategy == "frozen":
-        assert isinstance(layer, finetune.FrozenBatchNorm)
-        torch.testing.assert_close(layer.running_mean, before["1.running_mean"])
-    elif strategy == "eval":
-        assert torch.equal(layer.running_mean, before["1.running_mean"])
-        assert not torch.equal(layer.weight, before["1.weight"])
-    elif strategy == "re-estimated":
-        hidden = (x + 3) @ model[0].weight.T
-        torch.testing.assert_close(layer.running_mean, hidden.mean(0), atol=1e-4, rtol=1e-4)
-    else:
-        assert not torch.equal(layer.running_mean, before["1.running_mean"])
+    models = [bn.trainer.built(lambda: bn.models.mlp([8, 16, 3], norm="bn"), s) for s in (0, 1)]
+    before = [state(m) for m in models]
+    tuned, runs = finetune.fine_tune(models, x + 3, y, strategy, steps=6, lr=0.05, batch_size=4,
+                                     seeds=[0, 1])
+    assert runs.step_loss.shape == (2, 6) and len(tuned) == 2
+    for model, old in zip(models, before, strict=True):  # the originals are untouched
+        assert all(torch.equal(v, old[k]) for k, v in model.state_dict().items())
+    for model, layer, old in zip(models, (t[1] for t in tuned), before, strict=True):
+        if strategy == "frozen":
+            assert isinstance(layer, finetune.FrozenBatchNorm)
+            torch.testing.assert_close(layer.running_mean, old["1.running_mean"])
+        elif strategy == "eval":
+            assert torch.equal(layer.running_mean, old["1.running_mean"])
+            assert not torch.equal(layer.weight, old["1.weight"])
+        elif strategy == "re-estimated":
+            hidden = (x + 3) @ model[0].weight.T
+            torch.testing.assert_close(layer.running_mean, hidden.mean(0), atol=1e-4, rtol=1e-4)
+        else:
+            assert not torch.equal(layer.running_mean, old["1.running_mean"])
     with pytest.raises(ValueError, match="strategy"):
-        finetune.fine_tune(model, x, y, "sync", steps=1, lr=0.1, batch_size=4)
+        finetune.fine_tune(models, x, y, "sync", steps=1, lr=0.1, batch_size=4)

@@ -11,7 +11,7 @@ from torch.func import functional_call
 from bncourse import nn as bnn
 from bncourse.lab import benefits, models, shift
 from bncourse.lab.data import Split
-from bncourse.lab.train import train
+from bncourse.lab.trainer import each, train
 
 
 def layer_noise(layer: shift.DriftingBatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,8 +208,8 @@ def test_trackers_record_during_training():
     probes = shift.Probes(
         gradients=shift.GradientShiftTracker(data.x_train, data.y_train, 0.1, every=5,
                                              batch_size=20),
-        count=lambda step, m: calls.append(step))
-    train(model, data, steps=20, lr=0.1, batch_size=20, progress=False, on_step=probes)
+        count=lambda step, m, batch: calls.append(step))
+    train([model], data, 20, 0.1, batch_size=20, progress=False, on_step=each([probes]))
     tracker = probes["gradients"]
     assert tracker.steps == [5, 10, 15, 20] and calls == list(range(1, 21))
     assert tracker.l2.shape == tracker.cos.shape == tracker.norm.shape == (4, 2)

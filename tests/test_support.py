@@ -76,20 +76,19 @@ def test_train_learns_digits_and_records_history():
     data = bn.data.digits(seed=0)
     data.x_train, data.x_test = data.x_train / 16, data.x_test / 16
     model = bn.models.mlp([64, 32, 10], norm="bn")
-    hist = bn.train.train(model, data, steps=120, lr=0.5, batch_size=32, eval_every=40,
-                          progress=False)
-    assert len(hist.step_loss) == 120 and hist.eval_step == [0, 40, 80, 120]
-    assert hist.test_acc[-1] > 0.85 > hist.test_acc[0]
-    assert hist.steps_to(0.85) in (40, 80, 120) and hist.steps_to(1.01) is None
-    assert not hist.diverged and model.training
+    runs = bn.train([model], data, 120, 0.5, batch_size=32, eval_every=40, progress=False)
+    assert runs.step_loss.shape == (1, 120) and runs.eval_step == [0, 40, 80, 120]
+    assert runs.test_acc[0, -1] > 0.85 > runs.test_acc[0, 0]
+    assert runs.steps_to(0.85)[0] in (40, 80, 120) and runs.steps_to(1.01) == [None]
+    assert not runs.diverged.any() and model.training
 
 
-def test_train_stops_when_the_loss_diverges():
-    bn.seed_everything(0)
+def test_train_flags_a_diverged_member():
     data = bn.data.digits(seed=0)  # raw pixels 0..16, a deep linear network, a large learning rate
-    model = bn.models.mlp([64, 64, 64, 10], activation="identity")
-    hist = bn.train.train(model, data, steps=200, lr=1.0, progress=False)
-    assert hist.diverged and len(hist.step_loss) < 200
+    runs = bn.train(lambda: bn.models.mlp([64, 64, 64, 10], activation="identity"), data, 200,
+                    [1.0, 1e-4], seeds=[0, 0], progress=False)
+    assert runs.diverged.tolist() == [True, False]
+    assert torch.isnan(runs.step_loss[0, -1]) and torch.isfinite(runs.step_loss[1]).all()
 
 
 def test_rel_error_and_numeric_gradient():

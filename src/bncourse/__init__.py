@@ -12,7 +12,9 @@ Three parts, each importing only the ones before it:
   Sphinx extension.
 
 A notebook imports it once, ``import bncourse as bn``, and reaches every module as ``bn.NAME``
-(``bn.functional``, ``bn.models``, ``bn.check``, ...). Importing it applies the book's figure style.
+(``bn.functional``, ``bn.models``, ``bn.check``, ...). ``bn.train`` is the trainer (many seeds at
+once), ``bn.setup``, ``bn.seed_everything`` and ``bn.generator`` set the seeds (all shifted by
+``BNCOURSE_SEED_OFFSET``). Importing it applies the book's figure style.
 """
 
 import importlib
@@ -36,14 +38,24 @@ from .lab import (
     plot,
     residual,
     scaling,
-    sgd,
     shift,
+    stack,
     testing,
-    train,
+    trainer,
     weight_decay,
 )
-from .lab.device import available_devices, default_device, seed_everything, setup
+from .lab.device import (
+    available_devices,
+    default_device,
+    generator,
+    rng,
+    seed_everything,
+    seed_offset,
+    setup,
+    shifted,
+)
 from .lab.testing import rel_error
+from .lab.trainer import evaluate, train
 from .teach import check
 
 __version__ = "0.1.0"

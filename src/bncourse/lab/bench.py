@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as TF
 
 from .. import functional as F
-from .device import default_device
+from .device import default_device, generator
 from .hardware import TENSOR_PASSES, copy_bandwidth, sync, time_interleaved
 
 SHAPES = [(16384, 256), (32, 64, 56, 56)]
@@ -35,7 +35,7 @@ IMPLS = {"torch": TF.batch_norm, "eager": F.batch_norm,
 
 
 def make_inputs(shape, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     c = shape[1]
     x = torch.randn(shape, generator=g).to(device)
     return {

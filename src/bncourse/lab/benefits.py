@@ -31,7 +31,7 @@ from .. import nn as bnn
 from ..functional import batch_norm
 from .data import Split, digits
 from .models import ACTIVATIONS, mlp, scale_weights
-from .train import ProbeBatches, train
+from .trainer import ProbeBatches, built, train
 
 __all__ = [
     "LandscapeTracker", "NoisyBatchNorm1d", "Sweep", "batch_noise", "bn_linear", "bn_linear_grad",
@@ -41,7 +41,7 @@ __all__ = [
 
 
 def scaled_digits(test_fraction: float = 0.25, seed: int = 0, device=None) -> Split:
-    """:func:`bncourse.data.digits` with pixels standardized by the training split's mean and std.
+    """:func:`bncourse.lab.data.digits` with pixels standardized by the training split's mean and std.
 
     One mean and one std for all pixels (per-pixel statistics would blow up the rare edge pixels
     that are almost always 0 in the training split).
@@ -139,20 +139,17 @@ class Sweep:
 
 def _sweep(values, build: Callable[[float], nn.Module], lr: Callable[[float], float],
            data: Split, steps: int, seeds: Sequence[int], batch_size: int) -> Sweep:
+    """One member per (value, seed), all trained at once by :func:`bncourse.lab.trainer.train`."""
     values, seeds = [float(v) for v in values], list(seeds)
     if not values or not seeds:
         raise ValueError(f"expected at least one value and one seed, got {values} and {seeds}")
+    grid = [(v, s) for v in values for s in seeds]
+    models = [built(lambda v=v: build(v).to(data.x_train.device), s) for v, s in grid]
+    runs = train(models, data, steps, [lr(v) for v, _ in grid], seeds=[s for _, s in grid],
+                 batch_size=batch_size, progress=False)
     shape = (len(values), len(seeds))
-    acc, loss = torch.zeros(shape), torch.zeros(shape)
-    diverged = torch.zeros(shape, dtype=torch.bool)
-    for i, v in enumerate(values):
-        for j, seed in enumerate(seeds):
-            torch.manual_seed(seed)
-            model = build(v).to(data.x_train.device)
-            h = train(model, data, steps, lr(v), batch_size=batch_size, eval_every=steps,
-                      seed=seed, progress=False)
-            acc[i, j], loss[i, j], diverged[i, j] = h.test_acc[-1], h.train_loss[-1], h.diverged
-    return Sweep(values, seeds, acc, loss, diverged)
+    return Sweep(values, seeds, runs.test_acc[:, -1].float().reshape(shape),
+                 runs.train_loss[:, -1].float().reshape(shape), runs.diverged.reshape(shape))
 
 
 def lr_sweep(make_model: Callable[[], nn.Module], data: Split, lrs: Sequence[float], steps: int,
@@ -291,7 +288,7 @@ class NoisyBatchNorm1d(bnn.BatchNorm1d):
 
 def noisy_mlp(sizes: Sequence[int], activation: str = "sigmoid", shift: float = 1.0,
               max_scale: float = 2.0) -> nn.Sequential:
-    """:func:`bncourse.models.mlp` with ``norm="bn"``, every BN layer made a NoisyBatchNorm1d."""
+    """:func:`bncourse.lab.models.mlp` with ``norm="bn"``, every BN layer made a NoisyBatchNorm1d."""
     model = mlp(sizes, activation, norm="bn")
     for i, m in enumerate(model):
         if isinstance(m, bnn.BatchNorm1d):
@@ -341,9 +338,10 @@ def gradient_step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 class LandscapeTracker:
     """Runs :func:`gradient_step_probe` every ``every`` steps on a fresh training batch.
 
-    Pass it to :func:`bncourse.train.train` as ``on_step``. ``loss[r, i]`` and ``grad_change[r, i]``
-    are record r, step size i; ``beta`` is the "effective beta-smoothness" of each record, the
-    largest ``||grad change|| / ||parameter change||`` over the step sizes.
+    One per member, as ``on_step`` of :func:`bncourse.lab.trainer.train` through
+    :func:`bncourse.lab.trainer.each`. ``loss[r, i]`` and ``grad_change[r, i]`` are record r, step
+    size i; ``beta`` is the "effective beta-smoothness" of each record, the largest
+    ``||grad change|| / ||parameter change||`` over the step sizes.
     """
 
     x: torch.Tensor
@@ -360,7 +358,7 @@ class LandscapeTracker:
     def __post_init__(self):
         self._batches = ProbeBatches(self.x, self.y, self.every, self.batch_size, self.seed)
 
-    def __call__(self, step: int, model: nn.Module) -> None:
+    def __call__(self, step: int, model: nn.Module, batch=None) -> None:
         batch = self._batches.at(step)
         if batch is None:
             return

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .device import shifted
+
 
 @dataclass
 class Split:
@@ -40,7 +42,7 @@ def digits(test_fraction: float = 0.25, seed: int = 0, device=None) -> Split:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     x, y = load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
+        x, y, test_size=test_fraction, random_state=shifted(seed), stratify=y
     )
     split = Split(
         torch.tensor(x_tr, dtype=torch.float32), torch.tensor(y_tr, dtype=torch.long),

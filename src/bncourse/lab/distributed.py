@@ -32,6 +32,7 @@ from ..smallbatch import GhostBatchNorm, replace_norms
 from ..sync import SyncBatchNorm
 from .data import Split
 from .data import batches as shuffled_batches
+from .device import generator
 
 __all__ = [
     "Cluster",
@@ -429,8 +430,8 @@ def torch_sync_batch_norm_error() -> str:
 
 
 def make_batches(data: Split, batch_size: int, steps: int, seed: int) -> list[tuple]:
-    """The first ``steps`` training batches, drawn as :func:`bncourse.train.train` draws them."""
-    gen = torch.Generator().manual_seed(seed)
+    """The first ``steps`` training batches, as :func:`bncourse.lab.trainer.train` draws them for ``seed``."""
+    gen = generator(seed)
     out: list = []
     while len(out) < steps:
         out.extend(shuffled_batches(data.x_train, data.y_train, batch_size, gen))

@@ -1,7 +1,7 @@
 """Experiment probes: what a layer receives, recorded over training.
 
 :func:`track_percentiles` returns a :class:`PercentileTracker`, a callback for
-:func:`bncourse.train.train` (``on_step``) that records percentiles of a module's input on a fixed
+:func:`bncourse.lab.trainer.train` (``on_step``) that records percentiles of a module's input on a fixed
 probe set, per unit (per channel for convolutional inputs), in eval mode (running statistics) or
 as a training step sees it (``batch_stats=True``), without touching the model's running statistics.
 """
@@ -59,7 +59,7 @@ class PercentileTracker:
         self._values.append(torch.quantile(z.double(), self.q.to(z.device), dim=0).to(z.dtype).cpu())
         self.steps.append(step)
 
-    def __call__(self, step: int, model: nn.Module) -> None:
+    def __call__(self, step: int, model: nn.Module, batch=None) -> None:
         if step % self.every == 0:
             self.record(step, model)
 

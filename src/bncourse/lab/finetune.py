@@ -8,13 +8,15 @@ then held as in ``"eval"``).
 """
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..layers import bn_layers
+from .data import Split
 from .inference import recompute_bn_stats
-from .sgd import sgd
+from .trainer import Runs, train
 
 STRATEGIES = ("train", "eval", "frozen", "re-estimated")
 
@@ -72,20 +74,24 @@ def freeze_batch_norm(model: nn.Module) -> nn.Module:
     return model
 
 
-def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, strategy: str, steps: int,
-              lr: float, batch_size: int, seed: int = 0, unlabeled: torch.Tensor | None = None
-              ) -> tuple[nn.Module, list[float]]:
-    """Fine-tune a copy of ``model`` on ``(x, y)`` with plain SGD under one of :data:`STRATEGIES`.
+def fine_tune(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, strategy: str, steps: int,
+              lr: float, batch_size: int, seeds: Sequence[int] = (0,),
+              unlabeled: torch.Tensor | None = None) -> tuple[list[nn.Module], Runs]:
+    """Fine-tune copies of ``models`` (one per seed, trained together) on ``(x, y)`` with plain SGD
+    under one of :data:`STRATEGIES`.
 
     ``"re-estimated"`` first recomputes the statistics on ``unlabeled`` (default: ``x``), inputs of
-    the new data that need no labels. Returns the fine-tuned copy and its step losses.
+    the new data that need no labels. Returns the fine-tuned copies and the run
+    (:class:`bncourse.lab.trainer.Runs`: step losses, final accuracy on ``(x, y)``).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    model = copy.deepcopy(model)
-    if strategy == "re-estimated":
-        recompute_bn_stats(model, x if unlabeled is None else unlabeled)
-    if strategy == "frozen":
-        freeze_batch_norm(model)
-    losses = sgd(model, x, y, steps, lr, batch_size, seed, bn_eval=strategy in ("eval", "re-estimated"))
-    return model, losses
+    copies = [copy.deepcopy(m) for m in models]
+    for model in copies:
+        if strategy == "re-estimated":
+            recompute_bn_stats(model, x if unlabeled is None else unlabeled)
+        if strategy == "frozen":
+            freeze_batch_norm(model)
+    runs = train(copies, Split(x, y, x, y), steps, lr, seeds=seeds, batch_size=batch_size,
+                 bn_eval=strategy in ("eval", "re-estimated"), progress=False)
+    return runs.models, runs

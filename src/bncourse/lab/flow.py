@@ -79,9 +79,10 @@ class StopGradBatchNorm1d(BatchNorm1d):
 class FirstLayerRecord:
     """What plain SGD does to a linear layer followed by batch norm, step by step.
 
-    Pass it as ``on_step`` to :func:`bncourse.train.train` (which calls it after each
-    optimizer step, with that step's gradients still in place); ``lr`` must be the run's
-    rate, and the optimizer plain SGD. Per step it records, as NumPy arrays:
+    One probe per member: ``bn.train(..., on_step=bn.trainer.each(records))`` calls it after
+    each step with the member, its gradients of that step and its batch; ``lr`` must be the
+    run's rate (plain SGD), and ``linear`` the network's first layer (its input is the batch).
+    Per step it records, as NumPy arrays:
 
     * ``drift``: ``|b - b0| / |b0|``, how far the linear layer's bias has moved;
     * ``row_norm``: the mean norm of the weight rows, relative to its initial value;
@@ -107,24 +108,18 @@ class FirstLayerRecord:
         with torch.no_grad():
             self.b0 = linear.bias.detach().clone()
             self.norm0 = linear.weight.norm(dim=1).mean().item()
-        self._batch_mean = None
-        self._hook = norm.register_forward_pre_hook(self._keep_batch_mean)
         self._rows: list[tuple[float, ...]] = []
 
-    def _keep_batch_mean(self, module, args):
-        if module.training:  # the training batch's mean of w . u + b, per feature
-            self._batch_mean = args[0].detach().mean(0)
-
     @torch.no_grad()
-    def __call__(self, step: int, model: torch.nn.Module) -> None:
+    def __call__(self, step: int, model: torch.nn.Module, batch=None) -> None:
         w, b, gamma = self.linear.weight, self.linear.bias, self.norm.weight
-        if w.grad is None or self._batch_mean is None:
-            raise RuntimeError("FirstLayerRecord is called after an SGD step of a "
-                               "model that contains its layers, with its gradients")
+        if w.grad is None or batch is None:
+            raise RuntimeError("FirstLayerRecord is called after an SGD step of a model that "
+                               "contains its layers, with its gradients and its batch")
         lr = self.lr
-        w_before, b_before = w + lr * w.grad, b + lr * b.grad  # plain SGD, undone
+        w_before = w + lr * w.grad  # plain SGD, undone
         gamma_before = gamma + lr * gamma.grad
-        mean_wu = self._batch_mean - b_before  # mean over the batch of w . u_i
+        mean_wu = w_before @ batch[0].mean(0)  # mean over the batch of w . u_i
         self._rows.append((
             ((b - self.b0).norm() / self.b0.norm()).item(),
             w.norm(dim=1).mean().item() / self.norm0,
@@ -133,10 +128,6 @@ class FirstLayerRecord:
             (-2 * lr * (gamma_before * gamma.grad).sum()).item(),
             (-2 * lr * (mean_wu * b.grad).sum()).item(),
         ))
-
-    def remove(self) -> None:
-        """Stop recording the batch mean (remove the hook on the norm layer)."""
-        self._hook.remove()
 
     def _column(self, i: int) -> np.ndarray:
         return np.array([row[i] for row in self._rows])

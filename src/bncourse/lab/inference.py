@@ -7,7 +7,6 @@ the cumulative average. Other frameworks' conventions are in :data:`MOMENTUM_CON
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -512,120 +511,22 @@ def power_law_slope(x, y) -> tuple[float, float]:
 # Many small networks trained at once (learning-rate grids, many seeds)
 
 
-def _stacked_forward(modules, params, buffers, h: torch.Tensor) -> torch.Tensor:
-    """Training-mode forward of K stacked copies of ``modules`` on ``h`` of shape (B, K, C)."""
-    from torch.nn import functional as torch_F
-
-    from ..functional import batch_norm
-
-    for j, mod in enumerate(modules):
-        p = params.get(j, {})
-        b, k, c = h.shape
-        if isinstance(mod, nn.Linear):
-            h = torch.einsum("bki,koi->bko", h, p["weight"])
-            if "bias" in p:
-                h = h + p["bias"]
-        elif isinstance(mod, BATCH_NORMS):
-            # (B, K * C): per model and channel, statistics over the batch, as one layer of K * C
-            norm = batch_norm if isinstance(mod, bnn._BatchNorm) else torch_F.batch_norm
-            mean, var = buffers[j]
-            h = norm(h.reshape(b, k * c), mean, var, p["weight"].reshape(-1), p["bias"].reshape(-1),
-                     True, mod.momentum, mod.eps).reshape(b, k, c)
-        elif isinstance(mod, nn.LayerNorm):
-            h = torch_F.layer_norm(h, mod.normalized_shape, eps=mod.eps) * p["weight"] + p["bias"]
-        elif isinstance(mod, nn.GroupNorm):
-            h = torch_F.group_norm(h.reshape(b * k, c), mod.num_groups, eps=mod.eps)
-            h = h.reshape(b, k, c) * p["weight"] + p["bias"]
-        else:
-            h = mod(h)  # a parameter-free activation
-    return h
-
-
-def _check_stackable(modules) -> None:
-    for mod in modules:
-        kind = type(mod).__name__
-        if isinstance(mod, BATCH_NORMS):
-            if mod.momentum is None or not mod.affine or mod.running_mean is None:
-                raise ValueError(f"{kind}: expected affine, a float momentum and running statistics")
-        elif isinstance(mod, nn.LayerNorm | nn.GroupNorm):
-            if mod.weight is None or mod.bias is None:
-                raise ValueError(f"{kind}: expected an elementwise affine layer with a bias")
-        elif not isinstance(mod, nn.Linear) and any(True for _ in mod.parameters(recurse=True)):
-            raise ValueError(f"expected Linear, norm and parameter-free layers only, got {kind}")
-
-
-def _batch_order(n: int, seeds: list[int], steps: int, batch_size: int, device) -> torch.Tensor:
-    """The batches ``bn.train.train`` draws for each seed, as indices of shape (steps, seeds, batch)."""
-    from .data import batches
-
-    index = torch.arange(n, device=device)
-    order = []
-    for seed in seeds:
-        gen, drawn = torch.Generator().manual_seed(seed), []
-        while len(drawn) < steps:  # reshuffled every epoch, the last short batch dropped
-            drawn += [idx for idx, _ in batches(index, index, batch_size, gen)]
-        order.append(torch.stack(drawn[:steps]))
-    return torch.stack(order, 1)
-
-
 def train_many(sizes: Sequence[int], norm: str | None, data, lrs: Sequence[float],
                seeds: Sequence[int], steps: int, batch_size: int) -> dict[tuple[float, int], nn.Module]:
-    """Train one :func:`bncourse.models.mlp` per learning rate and seed, all at once.
+    """Train one :func:`bncourse.lab.models.mlp` per learning rate and seed, all at once.
 
     Network ``(lr, seed)`` is the one ``bn.seed_everything(seed); bn.models.mlp(sizes, norm=norm)``
-    builds, trained as ``bn.train.train(model, data, steps, lr, batch_size, seed=seed)`` trains it
-    (plain SGD; every rate of a seed sees the same batches), equal up to float rounding. The K
-    networks run as one stacked network of batched matrix products, many times faster than K runs
-    when the networks are small. A run whose loss becomes NaN carries on with non-finite weights
-    (its accuracy is then that of a constant guess). Returns ``{(lr, seed): model}`` on the device
-    of ``data``, with running statistics where the networks have batch norm.
+    builds, trained by :func:`bncourse.lab.trainer.train` with that rate and seed (every rate of a
+    seed sees the same batches). Returns ``{(lr, seed): model}``.
     """
     from .models import mlp
+    from .trainer import train
 
-    lrs, seeds = list(lrs), list(seeds)
-    if not lrs or not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"expected learning rates and distinct seeds, got {lrs} and {seeds}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    x, y = data.x_train, data.y_train
-    if not isinstance(batch_size, int) or not 2 <= batch_size <= x.shape[0]:
-        raise ValueError(f"batch_size must be an int in [2, {x.shape[0]}], got {batch_size!r}")
-    templates = {}
-    for seed in seeds:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the initialization bn.seed_everything(seed) gives
-            templates[seed] = mlp(sizes, norm=norm).to(x.device)
-    modules = list(templates[seeds[0]])
-    _check_stackable(modules)
-    keys = [(lr, seed) for lr in lrs for seed in seeds]  # network i = lr index * len(seeds) + seed index
-    models = [copy.deepcopy(templates[seed]) for _, seed in keys]
-    params = {j: {name: torch.stack([getattr(m[j], name).detach() for m in models]).requires_grad_()
-                  for name, _ in mod.named_parameters()}
-              for j, mod in enumerate(modules) if any(True for _ in mod.parameters())}
-    buffers = {j: (torch.cat([m[j].running_mean for m in models]),
-                   torch.cat([m[j].running_var for m in models]))
-               for j, mod in enumerate(modules) if isinstance(mod, BATCH_NORMS)}
-    flat = [p for group in params.values() for p in group.values()]
-    rate = torch.tensor([-lr for lr, _ in keys], dtype=x.dtype, device=x.device)
-    rates = [rate.reshape(-1, *[1] * (p.dim() - 1)).expand_as(p).contiguous() for p in flat]
-    # (steps, batch, K): network l * len(seeds) + s sees the batches of seed s
-    order = _batch_order(x.shape[0], seeds, steps, batch_size, x.device)
-    order = order.transpose(1, 2).repeat(1, 1, len(lrs))
-    for idx in order:
-        logits = _stacked_forward(modules, params, buffers, x[idx])
-        losses = nn.functional.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none")
-        grads = torch.autograd.grad(losses.reshape(idx.shape).mean(0).sum(), flat)
-        with torch.no_grad():
-            for p, g, r in zip(flat, grads, rates, strict=True):
-                p.addcmul_(g, r)  # p += (-lr) * grad: SGD
-    with torch.no_grad():
-        for i, model in enumerate(models):
-            for j, group in params.items():
-                for name, p in group.items():
-                    getattr(model[j], name).copy_(p[i])
-            for j, (mean, var) in buffers.items():
-                c = model[j].num_features
-                model[j].running_mean.copy_(mean[i * c : (i + 1) * c])
-                model[j].running_var.copy_(var[i * c : (i + 1) * c])
-                model[j].num_batches_tracked.fill_(steps)
-    return dict(zip(keys, models, strict=True))
+    lrs, seeds = [float(v) for v in lrs], [int(s) for s in seeds]
+    if not lrs or not seeds or len(set(seeds)) != len(seeds) or len(set(lrs)) != len(lrs):
+        raise ValueError(f"expected distinct learning rates and distinct seeds, got {lrs} and {seeds}")
+    keys = [(lr, seed) for lr in lrs for seed in seeds]
+    runs = train(lambda: mlp(sizes, norm=norm).to(data.x_train.device), data, steps,
+                 [lr for lr, _ in keys], seeds=[s for _, s in keys], batch_size=batch_size,
+                 progress=False)
+    return dict(zip(keys, runs.models, strict=True))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .device import generator
+
 __all__ = ["Descent", "LeastSquares", "gradient_descent", "plot_landscape", "two_features"]
 
 
@@ -38,7 +40,7 @@ def two_features(n: int = 200, scales=(1.0, 10.0), means=(0.0, 0.0), correlation
         raise ValueError(f"scales must be positive, got {scales.tolist()}")
     if not -1 < correlation < 1:
         raise ValueError(f"correlation must be in (-1, 1), got {correlation}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     z = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     z = z - z.mean(0)
     z = z @ torch.linalg.inv(torch.linalg.cholesky(z.T @ z / n)).T  # sample covariance exactly I

@@ -7,7 +7,7 @@
 * :func:`gradient_shift`, :class:`GradientShiftTracker`: internal covariate shift as Santurkar et
   al. (2018, Definition 2.1) define it: how much a layer's gradient changes when the layers before
   it take their step.
-* :class:`Probes`: several ``on_step`` callbacks of :func:`bncourse.train.train` as one.
+* :class:`Probes`: several ``on_step`` callbacks of :func:`bncourse.lab.trainer.train` as one.
 
 Probes never change the model they look at: parameters, ``.grad`` and running statistics are left
 as they were.
@@ -24,8 +24,9 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import nn as bnn
+from .device import generator
 from .models import mlp
-from .train import ProbeBatches
+from .trainer import ProbeBatches
 
 __all__ = ["DriftingBatchNorm1d", "GradientShiftTracker", "Probes", "drifting_mlp", "gradient_shift",
            "jitter_and_drift"]
@@ -36,7 +37,7 @@ class DriftingBatchNorm1d(bnn.BatchNorm1d):
     """Batch norm, then a per-unit scale and shift that wander smoothly over training.
 
     Returns ``s_t * BN(x) + m_t``. Every ``period`` steps each unit gets a new target
-    ``m ~ U(-shift, shift)``, ``s ~ U(1, max_scale)`` (as :class:`bncourse.benefits.NoisyBatchNorm1d`
+    ``m ~ U(-shift, shift)``, ``s ~ U(1, max_scale)`` (as :class:`bncourse.lab.benefits.NoisyBatchNorm1d`
     draws them), and glides from the previous target to it along half a cosine, so the next layer's
     input distribution drifts slowly and steadily. ``period=1`` redraws at every step instead.
 
@@ -56,7 +57,7 @@ class DriftingBatchNorm1d(bnn.BatchNorm1d):
         self.shift, self.max_scale, self.period = float(shift), float(max_scale), period
         self.step = 0
         seed = int(torch.randint(2**62, ()))  # from the global RNG: torch.manual_seed reproduces it
-        self._gen = torch.Generator().manual_seed(seed)
+        self._gen = generator(seed)
         self._knots: list[torch.Tensor] = []  # each (2, units): uniform draws for mean and scale
 
     def noise(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +84,7 @@ class DriftingBatchNorm1d(bnn.BatchNorm1d):
 
 def drifting_mlp(sizes: Sequence[int], activation: str = "relu", shift: float = 2.0,
                  max_scale: float = 3.0, period: int = 100) -> nn.Sequential:
-    """:func:`bncourse.models.mlp` with ``norm="bn"``, every BN layer a DriftingBatchNorm1d."""
+    """:func:`bncourse.lab.models.mlp` with ``norm="bn"``, every BN layer a DriftingBatchNorm1d."""
     model = mlp(sizes, activation, norm="bn")
     for i, m in enumerate(model):
         if isinstance(m, bnn.BatchNorm1d):
@@ -173,7 +174,8 @@ def gradient_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 class GradientShiftTracker:
     """Runs :func:`gradient_shift` every ``every`` steps on a fresh training batch.
 
-    Pass it to :func:`bncourse.train.train` as ``on_step``; ``lr`` is the training rate.
+    One per member, as ``on_step`` of :func:`bncourse.lab.trainer.train` through
+    :func:`bncourse.lab.trainer.each`; ``lr`` is the training rate.
     ``l2[r, i]``, ``cos[r, i]`` and ``norm[r, i]`` are record r, layer i (the second Linear first).
     """
 
@@ -189,7 +191,7 @@ class GradientShiftTracker:
     def __post_init__(self):
         self._batches = ProbeBatches(self.x, self.y, self.every, self.batch_size, self.seed)
 
-    def __call__(self, step: int, model: nn.Module) -> None:
+    def __call__(self, step: int, model: nn.Module, batch=None) -> None:
         batch = self._batches.at(step)
         if batch is not None:
             self._records.append(gradient_shift(model, *batch, self.lr))
@@ -217,6 +219,6 @@ class Probes(dict):
     """Named ``on_step`` callbacks run as one: ``train(..., on_step=Probes(a=..., b=...))`` calls
     each in turn; afterwards ``probes["a"]`` is the first."""
 
-    def __call__(self, step: int, model: nn.Module) -> None:
+    def __call__(self, step: int, model: nn.Module, batch=None) -> None:
         for probe in self.values():
-            probe(step, model)
+            probe(step, model, batch)

@@ -7,6 +7,7 @@ With plain SGD the angle a weight turns per step settles near sqrt(2 lr wd) (Wan
 """
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..layers import bn_layers
 from .data import Split
-from .sgd import sgd
+from .trainer import Runs, built, train
 
 
 def scale_invariant_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -45,19 +46,21 @@ def equilibrium_angle(lr: float, weight_decay: float) -> float:
 
 @dataclass
 class NormTrace:
-    """Per step and per scale-invariant weight: its norm after the step, the norm of the loss's
+    """Per member, step and scale-invariant weight: its norm after the step, the norm of the loss's
     gradient that the step used, and the angle the weight turned."""
 
-    norms: torch.Tensor       # (steps + 1, layers); row 0 is the initial norm
-    grad_norms: torch.Tensor  # (steps, layers)
-    angles: torch.Tensor      # (steps, layers), radians
-    losses: list[float]
+    norms: torch.Tensor       # (members, steps + 1, layers); [:, 0] is the initial norm
+    grad_norms: torch.Tensor  # (members, steps, layers)
+    angles: torch.Tensor      # (members, steps, layers), radians
+    runs: Runs                # the training run: losses, evaluations, the trained members
 
 
-def trace_norms(model: nn.Module, data: Split, steps: int, lr: float, weight_decay: float = 0.0,
-                batch_size: int = 32, seed: int = 0) -> NormTrace:
-    """Train with plain SGD and record, at every step, the norm of each scale-invariant weight, the
-    norm of its gradient and the angle it turned.
+def trace_norms(models: Callable[[], nn.Module] | Sequence[nn.Module], data: Split, steps: int, lr: float,
+                weight_decay: float = 0.0, batch_size: int = 32, seeds: Sequence[int] = (0,),
+                eval_every: int | None = None) -> NormTrace:
+    """Train with plain SGD (:func:`bncourse.lab.trainer.train`, one member per seed) and record,
+    at every step, the norm of each scale-invariant weight, the norm of its gradient and the angle
+    it turned.
 
     ``weight_decay`` acts on the scale-invariant weights only, as PyTorch's would,
     ``w' = (1 - lr wd) w - lr g``; every other parameter (the last batch norm's gamma and beta, the
@@ -65,25 +68,29 @@ def trace_norms(model: nn.Module, data: Split, steps: int, lr: float, weight_dec
     """
     if weight_decay < 0:
         raise ValueError(f"expected weight_decay >= 0, got {weight_decay}")
-    weights = scale_invariant_weights(model)
-    norms = [[w.norm().item() for w in weights]]
-    grad_norms: list[list[float]] = []
-    angles: list[list[float]] = []
-    previous = [w.detach().clone() for w in weights]
+    members = [built(models, s) for s in seeds] if callable(models) else list(models)
+    with torch.no_grad():
+        previous = [[w.detach().clone() for w in scale_invariant_weights(m)] for m in members]
+    norms = [[[w.norm().item() for w in ws] for ws in previous]]
+    grad_norms: list = []
+    angles: list = []
 
     @torch.no_grad()
-    def record(step: int, _model: nn.Module) -> None:
-        grad_norms.append([w.grad.norm().item() for w in weights])
-        for p, w in zip(previous, weights, strict=True):
-            w.sub_(lr * weight_decay * p)   # the decay, from the weight before the step
-        angles.append([angle(p, w) for p, w in zip(previous, weights, strict=True)])
-        norms.append([w.norm().item() for w in weights])
-        for p, w in zip(previous, weights, strict=True):
-            p.copy_(w.detach())
+    def record(step: int, members: list[nn.Module], _batch) -> None:
+        weights = [scale_invariant_weights(m) for m in members]
+        grad_norms.append([[w.grad.norm().item() for w in ws] for ws in weights])
+        angles.append([[angle(p, w) for p, w in zip(ps, ws, strict=True)]
+                       for ps, ws in zip(previous, weights, strict=True)])
+        norms.append([[w.norm().item() for w in ws] for ws in weights])
+        for ps, ws in zip(previous, weights, strict=True):
+            for p, w in zip(ps, ws, strict=True):
+                p.copy_(w)
 
-    losses = sgd(model, data.x_train, data.y_train, steps, lr, batch_size, seed, on_step=record)
+    runs = train(members, data, steps, lr, seeds=seeds, batch_size=batch_size, eval_every=eval_every,
+                 weight_decay=weight_decay, decay=scale_invariant_weights, on_step=record,
+                 progress=False)
 
-    def tensor(rows: list[list[float]]) -> torch.Tensor:
-        return torch.tensor(rows, dtype=torch.float64)
+    def tensor(rows: list) -> torch.Tensor:  # (steps, members, layers) -> (members, steps, layers)
+        return torch.tensor(rows, dtype=torch.float64).transpose(0, 1)
 
-    return NormTrace(tensor(norms), tensor(grad_norms), tensor(angles), losses)
+    return NormTrace(tensor(norms), tensor(grad_norms), tensor(angles), runs)

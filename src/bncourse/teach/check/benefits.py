@@ -6,12 +6,13 @@ from __future__ import annotations
 import itertools
 import math
 from numbers import Real
+from types import SimpleNamespace
 
 import torch
 
 from ...functional import batch_norm
 from ...lab.benefits import Sweep, bn_linear_grad
-from ...lab.train import History
+from ...lab.device import generator
 from .core import CheckFailed, as_tensor, call, passed
 
 __all__ = ["batch_jitter", "gradient_change", "grad_at_scaled_weight", "largest_trainable_lr",
@@ -41,7 +42,7 @@ def grad_at_scaled_weight(fn) -> None:
     name = "grad_at_scaled_weight"
     cases = [(32, 6, 4, 3.0, 0), (50, 5, 7, 0.25, 1), (40, 8, 3, 1e-3, 2), (64, 4, 4, 20.0, 3)]
     for n, d_in, d_out, k, seed in cases:
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         x = torch.randn(n, d_in, generator=gen, dtype=torch.float64) * 2 + 1
         w = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64)
         dout = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
@@ -151,9 +152,9 @@ def largest_trainable_lr(fn) -> None:
     passed(name, "6 sweeps: unsorted, with NaN, none trainable")
 
 
-def _history(steps: list[int], acc: list[float]) -> History:
-    return History(eval_step=list(steps), test_acc=list(acc), train_acc=list(acc),
-                   train_loss=[0.0] * len(acc))
+def _history(steps: list[int], acc: list[float]) -> SimpleNamespace:
+    """One run's record as the exercise reads it: ``eval_step`` and ``test_acc``, lists."""
+    return SimpleNamespace(eval_step=list(steps), test_acc=list(acc))
 
 
 def _first(acc: list[float], target: float, strict: bool = False) -> int | None:
@@ -175,7 +176,8 @@ def steps_fraction(fn) -> None:
     ]
     for steps, plain_acc, normed_acc in cases:
         plain, normed = _history(steps, plain_acc), _history(steps, normed_acc)
-        reached = normed.steps_to(plain_acc[-1])
+        first = _first(normed_acc, plain_acc[-1])
+        reached = None if first is None else steps[first]
         ref = None if reached is None else reached / steps[-1]
         got = _number(call(fn, plain, normed, name=name), name, "a fraction (a float)", allow_none=True)
         why = f"here the BN run never reaches the plain run's final accuracy {plain_acc[-1]}"
@@ -206,7 +208,7 @@ def steps_fraction(fn) -> None:
 
 def _logistic_loss(seed: int, n: int = 40, d: int = 6):
     """A smooth, non-quadratic loss of a parameter vector: logistic regression on random data."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     x = torch.randn(n, d, generator=gen, dtype=torch.float64) * 2
     y = (torch.rand(n, generator=gen, dtype=torch.float64) < 0.5).double()
     theta = torch.randn(d, generator=gen, dtype=torch.float64)
@@ -258,7 +260,7 @@ def gradient_change(fn) -> None:
 
 def exact_jitter(h: torch.Tensor, index: int, batch_size: int, mistake: str | None = None) -> float:
     """The std of example ``index``'s batch-normalized value over *all* batches of ``batch_size``
-    (the example plus ``batch_size - 1`` others), which :func:`bncourse.benefits.batch_noise`
+    (the example plus ``batch_size - 1`` others), which :func:`bncourse.lab.benefits.batch_noise`
     estimates by sampling; ``mistake`` computes it as a typical wrong answer does instead."""
     others = [j for j in range(len(h)) if j != index]
     k = batch_size - 1 if mistake in (None, "unbiased", "others only") else batch_size
@@ -291,7 +293,7 @@ def batch_jitter(fn) -> None:
     }
     distance, first_miss = {m: 0.0 for m in hints}, None
     for seed, n, b in cases:
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         h = torch.randn(n, generator=gen, dtype=torch.float64) * 3 + 2
         index = int(torch.randint(n, (1,), generator=gen))
         ref = exact_jitter(h, index, b)
@@ -335,11 +337,11 @@ def _fit_noise(out: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, to
 def noisy_batch_norm(fn) -> None:
     """Check ``fn(x, shift, max_scale)``: ``s * BN(x) + m`` with, per unit and new at every call,
     ``m ~ U(-shift, shift)`` and ``s ~ U(1, max_scale)`` (the training-mode forward of
-    :class:`bncourse.benefits.NoisyBatchNorm1d` at its initial gamma and beta)."""
+    :class:`bncourse.lab.benefits.NoisyBatchNorm1d` at its initial gamma and beta)."""
     name = "noisy_batch_norm"
     batch, units = 16, 500
     for seed, shift, top in ((0, 1.0, 2.0), (1, 2.0, 3.0), (2, 0.5, 1.5)):
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         x = torch.randn(batch, units, generator=gen, dtype=torch.float64) * 3 + 1
         x_hat = batch_norm(x, None, None, training=True, eps=EPS)
         where = f"(shift = {shift}, max_scale = {top})"

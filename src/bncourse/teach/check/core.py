@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ...lab.device import generator
+
 
 class CheckFailed(AssertionError):
     """The learner's answer is wrong; the message says how."""
@@ -80,7 +82,7 @@ def run(fn: Callable, *args, name: str, what: str):
 def channel_data(shape, seed: int, offset: float, channel_dim: int = 1) -> torch.Tensor:
     """A float64 input with per-channel scales from 0.01 (variance below the usual eps) to 10 and
     per-channel offsets of about ``offset``."""
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     c = shape[channel_dim]
     view = [1] * len(shape)
     view[channel_dim] = c
@@ -92,7 +94,7 @@ def channel_data(shape, seed: int, offset: float, channel_dim: int = 1) -> torch
 
 def affine_params(c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 ``(gamma, beta)``: gamma in [0.5, 2], beta standard normal."""
-    g = torch.Generator().manual_seed(seed + 1000)
+    g = generator(seed + 1000)
     return (torch.rand(c, generator=g, dtype=torch.float64) * 1.5 + 0.5,
             torch.randn(c, generator=g, dtype=torch.float64))
 

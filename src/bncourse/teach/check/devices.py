@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ...lab.device import generator
 from ...smallbatch import BatchRenorm
 from .core import CheckFailed, as_tensor, passed, run
 
@@ -36,7 +37,7 @@ def merge_shards(fn) -> None:
         (3000, 1000, 3, 1e4, torch.float32),  # far from zero, in float32
     ]
     for seed, (n_a, n_b, channels, offset, dtype) in enumerate(cases):
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         scale = torch.rand(channels, generator=gen, dtype=torch.float64) + 0.5
         xa = offset + scale * torch.randn(n_a, channels, generator=gen, dtype=torch.float64)
         xb = offset + 1.5 + scale * torch.randn(n_b, channels, generator=gen, dtype=torch.float64)
@@ -108,7 +109,7 @@ def batch_renorm(fn) -> None:
     name = "batch_renorm"
     cases = [(16, 5, 3.0, 5.0, 1e-5), (8, 6, 2.0, 1.0, 1e-3), (32, 4, 1.5, 0.5, 1e-5)]
     for seed, (n, c, r_max, d_max, eps) in enumerate(cases):
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         x = torch.randn(n, c, generator=gen, dtype=torch.float64) * 2 + 1
         # some channels inside the bounds, some with r or d clipped
         mu = x.mean(0) + torch.linspace(-3 * d_max, 3 * d_max, c, dtype=torch.float64) * x.std(0)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from ... import functional as F
+from ...lab.device import generator
 from ...lab.testing import numeric_gradient as _reference_gradient
 from ...lab.testing import rel_error
 from .core import CheckFailed, affine_params, call, channel_data, passed
@@ -166,7 +167,7 @@ def bias_shift(fn: Callable) -> None:
     """Check ``fn(b, gamma, running_var, eps, training) -> shift`` of BN's output, per channel."""
     name = "bias_shift"
     for seed in range(3):
-        g = torch.Generator().manual_seed(seed)
+        g = generator(seed)
         b = torch.randn(5, generator=g, dtype=torch.float64)
         gamma = torch.rand(5, generator=g, dtype=torch.float64) * 1.5 + 0.5
         running_var = torch.logspace(-4, 1, 5, dtype=torch.float64)[torch.randperm(5, generator=g)]
@@ -217,7 +218,7 @@ def bn_backward(fn: Callable) -> None:
     for seed, shape in enumerate([(5, 4), (16, 3), (6, 7)]):
         x = channel_data(shape, seed, offset=5)
         gamma, beta = affine_params(shape[1], seed)
-        dout = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7),
+        dout = torch.randn(shape, generator=generator(seed + 7),
                            dtype=torch.float64)
         _, cache = F.batch_norm_forward(x, gamma, beta, EPS)
         ref = F.batch_norm_backward_fused(dout, cache)
@@ -282,7 +283,7 @@ def _differences(f: Callable, x: torch.Tensor, dout: torch.Tensor, h: float, how
 
 def _gradient_case(fn: Callable, name: str, shape: tuple[int, ...], h: float, seed: int) -> None:
     """One input of the ``numeric_gradient`` check: ``f`` is batch norm then tanh, reading ``x``."""
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     spread = torch.rand(shape[1], generator=g, dtype=torch.float64) * 1.5 + 0.5
     x = torch.randn(shape, generator=g, dtype=torch.float64) * spread.reshape(-1, *[1] * (len(shape) - 2)) + 3
     gamma, beta = affine_params(shape[1], seed)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...fold import fold_batch_norm
+from ...lab.device import generator
 from .core import CheckFailed, call, passed
 
 __all__ = ["fold_linear_bn", "predict_ms"]
@@ -44,7 +45,7 @@ def predict_ms(fn) -> None:
 
 
 def _trained_pair(seed: int, n_in: int, n_out: int, affine: bool):
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     linear = nn.Linear(n_in, n_out).double()
     norm = nn.BatchNorm1d(n_out, eps=1e-3, affine=affine).double()
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch.nn.functional as torch_F
 
 from ... import functional as F
 from ...lab import inference as inf
+from ...lab.device import generator
 from .core import CheckFailed, as_tensor, passed, run
 
 __all__ = ["batch_mean_std", "eval_batch_norm", "group_norm", "population_stats", "running_update"]
@@ -31,7 +32,7 @@ def running_update(fn) -> None:
     name = "running_update"
     cases = [((16, 5), 0.1, 0), ((7, 3), 0.3, 1), ((40, 4), 0.01, 2), ((3, 6), 0.8, 3)]
     for shape, momentum, seed in cases:
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         c = shape[1]
         x = torch.randn(*shape, generator=gen, dtype=torch.float64) * 3 + 2
         old_mean = torch.randn(c, generator=gen, dtype=torch.float64)
@@ -90,7 +91,7 @@ def running_update(fn) -> None:
 
 def _chunks(sizes, channels: int, seed: int, offset: float, dtype) -> list[torch.Tensor]:
     """Chunks whose means differ from chunk to chunk, so every shortcut shows."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     scale = torch.rand(channels, generator=gen, dtype=torch.float64) * 2 + 0.5
     return [
         (offset + 2 * i + scale * torch.randn(n, channels, generator=gen, dtype=torch.float64)).to(dtype)
@@ -165,7 +166,7 @@ def eval_batch_norm(fn) -> None:
     name = "eval_batch_norm"
     cases = [((6, 4), 0, 1e-5), ((32, 3), 1, 1e-3), ((5, 4, 7), 2, 1e-5), ((2, 5), 3, 0.1)]
     for shape, seed, eps in cases:
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         c = shape[1]
         x = torch.randn(*shape, generator=gen, dtype=torch.float64) * 2 + 1
         rm = torch.randn(c, generator=gen, dtype=torch.float64)
@@ -214,7 +215,7 @@ def batch_mean_std(fn) -> None:
     name = "batch_mean_std"
     cases = [((10, 3), 4, 0), ((40, 5), 16, 1), ((200, 3), 8, 2), ((12, 4), 1, 3), ((9, 2), 9, 4)]
     for (n, c), m, seed in cases:
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         scale = torch.rand(c, generator=gen, dtype=torch.float64) * 2.5 + 0.5
         x = torch.randn(n, c, generator=gen, dtype=torch.float64) * scale + 3
         sigma = x.std(0, unbiased=False)  # the training set's own std (divided by N)
@@ -259,7 +260,7 @@ def group_norm(fn) -> None:
     name = "group_norm"
     cases = [((8, 12), 3, 0, 1e-5), ((5, 16), 4, 1, 1e-5), ((3, 6), 2, 2, 1e-2), ((1, 8), 2, 3, 1e-5)]
     for shape, groups, seed, eps in cases:
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         n, c = shape
         x = torch.randn(n, c, generator=gen, dtype=torch.float64) * torch.linspace(0.1, 3, c,
                                                                                    dtype=torch.float64)

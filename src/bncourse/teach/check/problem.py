@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ...lab.device import generator
 from .core import CheckFailed, as_tensor, call, passed
 
 __all__ = ["largest_stable_lr", "mse_gradient"]
@@ -13,7 +14,7 @@ __all__ = ["largest_stable_lr", "mse_gradient"]
 
 def _cases(seed: int):
     """Feature matrices with unequal scales and non-zero means, so every mistake shows."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     for n, d in ((7, 1), (20, 2), (50, 5)):
         scales = 10 ** torch.linspace(-1, 1, d, dtype=torch.float64)
         means = torch.rand(d, generator=gen, dtype=torch.float64) * 4 - 1
@@ -51,7 +52,7 @@ def mse_gradient(fn) -> None:
     name = "mse_gradient"
     for seed, x in enumerate(_cases(1)):
         n, d = x.shape
-        gen = torch.Generator().manual_seed(100 + seed)
+        gen = generator(100 + seed)
         w = torch.randn(d, generator=gen, dtype=torch.float64)
         b = torch.tensor(0.7 + seed, dtype=torch.float64)
         y = torch.randn(n, generator=gen, dtype=torch.float64) * 3

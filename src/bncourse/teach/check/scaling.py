@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...lab.device import generator
 from ...lab.scaling import fit_standard
 from .core import CheckFailed, as_tensor, call, passed
 
@@ -14,7 +15,7 @@ _TOL = {"rtol": 1e-5, "atol": 1e-6}
 
 def _data(n: int, d: int, seed: int, constant: int | None = None) -> torch.Tensor:
     """Features with different scales and offsets; column ``constant`` (if given) is constant."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     scales = 10 ** torch.linspace(-1, 2, d, dtype=torch.float64)
     offsets = torch.linspace(-5, 40, d, dtype=torch.float64)
     x = torch.randn(n, d, generator=gen, dtype=torch.float64) * scales + offsets

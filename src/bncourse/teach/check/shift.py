@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ...lab.device import generator
 from .benefits import _number
 from .core import CheckFailed, call, passed
 
@@ -46,7 +47,7 @@ def gradient_ics(fn) -> None:
     name = "gradient_ics"
     cases = [(0, 3, 1, 0.1), (1, 4, 2, 0.05), (2, 5, 4, 0.2), (3, 5, 3, 0.02)]  # seed, k, i, lr
     for seed, k, i, lr in cases:
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         n, d = 20, 4
         x = torch.randn(n, d, generator=gen, dtype=torch.float64)
         y = x @ torch.randn(d, d, generator=gen, dtype=torch.float64).T
