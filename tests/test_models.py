@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import bncourse as bn
 from bncourse.lab import benefits, models
 
 
@@ -66,3 +67,18 @@ def test_data_init_keeps_a_constant_unit_finite_and_rejects_what_it_cannot_start
         models.data_init(nn.Linear(3, 2), x)
     with pytest.raises(ValueError, match=r"shape \(N >= 2"):
         models.data_init(models.mlp([3, 4, 2]), x[:1])
+
+
+def test_networks_with_and_without_batch_norm_share_their_initial_weights():
+    weights = {}
+    for norm in (None, "bn", "layer"):
+        bn.seed_everything(3)
+        model = models.mlp([64, 32, 16, 10], "sigmoid", norm=norm)
+        weights[norm] = [m.weight for m in model if isinstance(m, nn.Linear)]
+    for norm in ("bn", "layer"):
+        for a, b in zip(weights[None], weights[norm], strict=True):
+            assert torch.equal(a, b)
+    bound = 1 / 64**0.5  # PyTorch's default range, for the weights and the biases
+    first = models.mlp([64, 32, 10])[0]
+    assert first.weight.abs().max() <= bound and first.bias.abs().max() <= bound
+    assert first.weight.abs().max() > 0.9 * bound

@@ -223,3 +223,31 @@ def test_binder_pins_match_the_requirements():
     assert binder.pop("torch") == ours["torch"] + "+cpu", "Binder needs the CPU build of torch, same version"
     differ = {name: (v, ours.get(name)) for name, v in binder.items() if ours.get(name) != v}
     assert not differ, f"binder/requirements.txt pins differ from requirements.txt (binder, ours): {differ}"
+
+
+# Every seed goes through the package (bn.setup, bn.seed_everything, bn.generator, bn.rng), so that
+# BNCOURSE_SEED_OFFSET shifts it and `make robust` draws the whole notebook again.
+DIRECT_SEED = re.compile(r"torch\.manual_seed|\.manual_seed\(|torch\.cuda\.manual_seed|np\.random\.seed|"
+                         r"np\.random\.default_rng|np\.random\.RandomState|random\.seed\(|"
+                         r"random_state\s*=\s*\d")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_seed_goes_through_the_package(path):
+    problems = [(i, line.strip()) for i, cell in _cells(path) if cell["cell_type"] == "code"
+                for line in _text(cell).splitlines() if DIRECT_SEED.search(line)
+                and not line.lstrip().startswith("#")]
+    _fail(path, problems, "seeds set directly: use bn.seed_everything(k), bn.generator(k) or "
+                          "bn.rng(k), which BNCOURSE_SEED_OFFSET shifts")
+
+
+# Numbers in the prose come from the run, cited by path so they also work from another page and
+# in the translated book.
+GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([^`]*)`")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_glue_is_cited_by_path(path):
+    problems = [(i, m.group(0)) for i, cell in _cells(path) if cell["cell_type"] == "markdown"
+                for m in GLUE_ROLE.finditer(_text(cell)) if "::" not in m.group(1)]
+    _fail(path, problems, "glue cited without its page: write {glue:text}`page.ipynb::name:fmt`")

@@ -57,6 +57,7 @@ from .lab.device import (
 from .lab.testing import rel_error
 from .lab.trainer import evaluate, train
 from .teach import check
+from .teach.glue import glue
 
 __version__ = "0.1.0"
 

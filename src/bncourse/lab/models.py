@@ -38,7 +38,9 @@ def mlp(sizes: Sequence[int], activation: str = "relu", norm: str | None = None)
     Each hidden layer is ``Linear -> norm -> activation`` (normalize before the nonlinearity, as the
     paper and the notes do). With a norm the Linear has no bias: the norm's shift replaces it.
     The last layer is a plain Linear (logits). Weights start at PyTorch's default,
-    ``U(-1/sqrt(n), 1/sqrt(n))`` for a layer with ``n`` inputs (biases too).
+    ``U(-1/sqrt(n), 1/sqrt(n))`` for a layer with ``n`` inputs (biases too), drawn as
+    :func:`default_init` draws them: after the same seed, networks with and without a norm share
+    their initial weights.
     """
     if len(sizes) < 2:
         raise ValueError(f"sizes needs an input and an output size, got {list(sizes)}")
@@ -47,13 +49,31 @@ def mlp(sizes: Sequence[int], activation: str = "relu", norm: str | None = None)
     if norm is not None and norm not in NORMS:
         raise ValueError(f"norm must be None or one of {sorted(NORMS)}, got {norm!r}")
     layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
-        layers.append(nn.Linear(fan_in, fan_out, bias=norm is None))
-        if norm is not None:
-            layers.append(NORMS[norm](fan_out))
-        layers.append(ACTIVATIONS[activation]())
-    layers.append(nn.Linear(sizes[-2], sizes[-1]))
-    return nn.Sequential(*layers)
+    with torch.random.fork_rng(devices=[]):  # the draws of the constructors are discarded
+        for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
+            layers.append(nn.Linear(fan_in, fan_out, bias=norm is None))
+            if norm is not None:
+                layers.append(NORMS[norm](fan_out))
+            layers.append(ACTIVATIONS[activation]())
+        layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    model = nn.Sequential(*layers)
+    default_init(model)
+    return model
+
+
+@torch.no_grad()
+def default_init(model: nn.Module) -> nn.Module:
+    """PyTorch's default start for every Linear layer, ``U(-1/sqrt(n), 1/sqrt(n))`` for ``n`` inputs,
+    drawn weights first (every layer's), then biases. So a network with batch norm (no biases) and
+    one without, built after the same seed, start from the same weights. Returns ``model``."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for m in linears:
+        nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))  # as nn.Linear.reset_parameters
+    for m in linears:
+        if m.bias is not None:
+            bound = 1 / math.sqrt(m.in_features)
+            nn.init.uniform_(m.bias, -bound, bound)
+    return model
 
 
 @torch.no_grad()
