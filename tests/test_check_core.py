@@ -74,3 +74,16 @@ def test_every_write_your_own_entry_names_a_check_and_resolves():
     for names in core.WRITE_YOUR_OWN.values():
         files, codes, builtins = core._forbidden(names)
         assert len(files) + len(codes) + len(builtins) == len(set(names))
+
+
+def test_a_prediction_passes_when_made_and_says_how_far_it_was(capsys):
+    core.prediction("p", 0.4, 0.5, low=0, high=1, explain="Because.")
+    assert "you predicted 0.4, the run measured 0.5: below the run by 0.1. Because." in \
+        capsys.readouterr().out
+    core.prediction("p", 0.52, 0.5, low=0, high=1, explain="")
+    assert "spot on" in capsys.readouterr().out
+    for bad in (None, "0.4", float("nan"), True):
+        with pytest.raises(core.CheckFailed, match="expected your prediction as a number"):
+            core.prediction("p", bad, 0.5, low=0, high=1, explain="")
+    with pytest.raises(core.CheckFailed, match="outside"):
+        core.prediction("p", 3.0, 0.5, low=0, high=1, explain="")

@@ -9,7 +9,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from bncourse.teach.instructor import cli, exercises
-from instructor_cases import exercise_cells, synthetic_notebook
+from instructor_cases import STANDARDIZE, exercise_cells, synthetic_notebook
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
 CHAPTERS = exercises.chapter_notebooks(BOOK)
@@ -163,3 +163,43 @@ def test_student_book_sources(tmp_path):
     for path in CHAPTERS:
         built = nbformat.read(tmp_path / "src" / "book" / path.name, as_version=4)
         assert not any(exercises.is_solution(c) for c in built.cells)
+
+
+def investigate_cells(label: str) -> list:
+    """An investigate exercise as the chapters write it: the question, then a gated markdown answer
+    whose solution region holds the model answer and the rubric."""
+    return [
+        new_markdown_cell(f":::{{exercise}} Why?\n:label: {label}\n\nExplain the measurement.\n:::",
+                          metadata={"bncourse": {"kind": "investigate", "points": 4}}),
+        new_markdown_cell(f":::{{solution-start}} {label}\n:class: dropdown\n:::"),
+        new_markdown_cell("**Your answer.**\n\n### BEGIN SOLUTION\nBecause the model answer says so.\n\n"
+                          "Rubric: 2 points for the mechanism, 2 for the measurement.\n### END SOLUTION"),
+        new_markdown_cell(":::{solution-end}\n:::"),
+    ]
+
+
+def test_kinds_points_and_investigate_exercises():
+    cells = [new_markdown_cell("# Kinds"), new_code_cell("import torch\n\nimport bncourse as bn")]
+    cells += exercise_cells("ex-a", STANDARDIZE, "bn.check.standardize(standardize)")
+    cells[2].metadata["bncourse"] = {"kind": "derive", "points": 3}
+    cells += investigate_cells("ex-why")
+    nb = exercises.with_nbgrader_metadata(new_notebook(cells=cells))
+    a, why = exercises.find_exercises(nb)
+    assert (a.kind, a.points, why.kind, why.points, why.check_cell) == ("derive", 3, "investigate", 4, None)
+    assert why.manual and not a.manual
+    assert ":class: kind-derive" in exercises.source(nb.cells[2])
+    assert ":class: kind-investigate" in exercises.source(nb.cells[7])
+    assert nb.cells[6].metadata["nbgrader"]["points"] == 3  # the check cell
+    assert nb.cells[9].metadata["nbgrader"] == {
+        "grade": True, "grade_id": "ex-why", "locked": False, "points": 4, "schema_version": 3,
+        "solution": True, "task": False}
+    assert exercises.with_nbgrader_metadata(nb) == nb  # writing twice changes nothing
+    student = exercises.student_notebook(nb)
+    answer = exercises.source(student.cells[9])
+    assert "YOUR ANSWER HERE" in answer and "Rubric" not in answer and "**Your answer.**" in answer
+    book = exercises.student_book_notebook(nb)
+    assert not any("Rubric" in exercises.source(c) for c in book.cells)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        bad = new_notebook(cells=exercise_cells("ex-b", STANDARDIZE, "bn.check.standardize(standardize)"))
+        bad.cells[0].metadata["bncourse"] = {"kind": "transcribe"}
+        exercises.find_exercises(bad)

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from nbformat.v4 import new_markdown_cell, new_notebook
 
-from bncourse.teach.instructor import cli, grade, report
-from bncourse.teach.instructor.grade import ERROR, FAIL, NOT_ATTEMPTED, PASS, Row
+from bncourse.teach.instructor import cli, exercises, grade, report
+from bncourse.teach.instructor.grade import BY_HAND, ERROR, FAIL, NOT_ATTEMPTED, PASS, Row
 from instructor_cases import Case, submission, synthetic_notebook
+
+KERNEL_META = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
 
 @pytest.mark.parametrize(("message", "summative"), [
@@ -93,7 +96,7 @@ def test_a_batch_survives_bad_files(tmp_path, capsys):
     assert statuses == {"corrupt.ipynb": ERROR, "missing.ipynb": ERROR, "notes.txt": ERROR,
                         "empty.ipynb": ERROR, "good.ipynb": PASS}
     assert data["students"] == [{"student": "alice", "points": 1, "max_points": 4, PASS: 1, FAIL: 0,
-                                 NOT_ATTEMPTED: 0, ERROR: 4}]
+                                 NOT_ATTEMPTED: 0, BY_HAND: 0, ERROR: 4}]
     with out.with_suffix(".csv").open() as f:
         table = list(csv.DictReader(f))
     assert [r["status"] for r in table] == [ERROR] * 4 + [PASS]
@@ -122,3 +125,18 @@ def test_a_grader_failure_is_an_error_row_and_the_batch_goes_on(tmp_path, monkey
     out = tmp_path / "grades.json"
     assert cli.main(["grade", "bad.ipynb", "good.ipynb", "--json", str(out)]) == 2
     assert [r["status"] for r in json.loads(out.read_text())["exercises"]] == [ERROR, PASS]
+
+
+def test_an_investigate_exercise_is_listed_to_grade_by_hand(tmp_path):
+    from test_instructor_exercises import investigate_cells
+
+    source = tmp_path / "source"
+    source.mkdir()
+    cells = [new_markdown_cell("# Why"), *investigate_cells("ex-why")]
+    nb = exercises.with_nbgrader_metadata(new_notebook(cells=cells, metadata=KERNEL_META))
+    nbformat.write(nb, source / "why.ipynb")
+    nbformat.write(exercises.student_notebook(nb), tmp_path / "why.ipynb")
+    rows = grade.grade_notebook(tmp_path / "why.ipynb", source, student="bob")
+    assert [(r.exercise, r.points, r.max_points, r.status) for r in rows] == [("ex-why", 0, 4, BY_HAND)]
+    assert report.exit_status(rows) == 0
+    assert "1 to grade by hand" in report.table(rows)

@@ -58,6 +58,7 @@ from .lab.testing import rel_error
 from .lab.trainer import evaluate, train
 from .teach import check
 from .teach.glue import glue
+from .teach.quiz import quiz
 
 __version__ = "0.1.0"
 

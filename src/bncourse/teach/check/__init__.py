@@ -5,7 +5,7 @@ One module per chapter; every check is re-exported here, so a notebook calls ``b
 """
 
 from .benefits import *  # noqa: F403
-from .core import CheckFailed
+from .core import CheckFailed, prediction
 from .devices import *  # noqa: F403
 from .flow import *  # noqa: F403
 from .hardware import *  # noqa: F403

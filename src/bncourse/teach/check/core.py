@@ -3,6 +3,8 @@ learner's function, which also enforces "write your own" where an exercise asks 
 
 import functools
 import importlib
+import math
+import numbers
 import os
 import sys
 import types
@@ -185,3 +187,22 @@ def _write_your_own(name: str):
         sys.setprofile(previous)
     if used:
         raise failure()
+
+
+def prediction(name: str, guess, measured: float, *, low: float, high: float, explain: str,
+               fmt: str = ".3g") -> None:
+    """Check a *predict* exercise: the learner committed to ``guess`` before the cell that measured
+    ``measured``. It passes for any honest prediction, a number in the plausible range
+    ``[low, high]``, and prints how far it was from the run and ``explain``, why the run came out
+    where it did. It fails only for a prediction not made (the stub, None, not a number, NaN)."""
+    if guess is None or isinstance(guess, bool) or not isinstance(guess, numbers.Real) \
+            or math.isnan(guess):
+        raise CheckFailed(f"{name}: expected your prediction as a number, got {guess!r}; commit to "
+                          f"one before you run the measurement")
+    if not low <= guess <= high:
+        raise CheckFailed(f"{name}: your prediction {guess:{fmt}} is outside [{low:{fmt}}, {high:{fmt}}], "
+                          f"the range this quantity can take here; reread the setup")
+    gap = guess - measured
+    how = "spot on" if math.isclose(guess, measured, rel_tol=0.1, abs_tol=1e-12) else (
+        f"{'above' if gap > 0 else 'below'} the run by {abs(gap):{fmt}}")
+    passed(name, f"you predicted {guess:{fmt}}, the run measured {measured:{fmt}}: {how}. {explain}")

@@ -4,6 +4,7 @@
     bncourse student-book OUT_DIR           the book's sources for a student build (no solutions)
     bncourse nbgrader-metadata [BOOK]       write nbgrader's cell metadata from the markers
     bncourse grade NOTEBOOK...              grade submissions against the source notebooks
+    bncourse exercises [BOOK] [--write PAGE] every exercise with its kind and points
 """
 
 import argparse
@@ -16,7 +17,13 @@ import nbformat
 import yaml
 
 from . import report
-from .exercises import student_book_notebook, write_nbgrader_metadata, write_student_edition
+from .exercises import (
+    exercise_table,
+    student_book_notebook,
+    with_exercise_table,
+    write_nbgrader_metadata,
+    write_student_edition,
+)
 from .grade import ERROR, Row, grade_notebook, summative
 
 INSTRUCTOR_PAGES = ("book/instructors",)
@@ -89,6 +96,17 @@ def grade(args) -> int:
     return report.exit_status(rows)
 
 
+def exercises(args) -> int:
+    table = exercise_table(Path(args.book))
+    if args.write:
+        page = Path(args.write)
+        page.write_text(with_exercise_table(page.read_text(), table))
+        print(f"wrote the table of exercises into {page}")
+    else:
+        print(table)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bncourse", description="Tools for teaching with bncourse.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +137,10 @@ def main(argv=None) -> int:
     p.add_argument("--summative", action="store_true",
                    help="messages say what is wrong without the hints that give the answer away")
     p.set_defaults(run=grade)
+    p = sub.add_parser("exercises", help="every exercise with its kind and points, per chapter")
+    p.add_argument("book", nargs="?", default="book", help="folder of the chapter notebooks (default: book)")
+    p.add_argument("--write", metavar="PAGE", help="write the table between the markers of PAGE")
+    p.set_defaults(run=exercises)
     args = parser.parse_args(argv)
     return args.run(args)
 

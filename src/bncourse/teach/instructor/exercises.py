@@ -5,9 +5,18 @@ directive (its ``:label:`` names the exercise), a code cell whose solution lies 
 ``### BEGIN SOLUTION`` and ``### END SOLUTION`` markers (folded away in the book by sphinx-exercise's
 gated ``{solution-start}``/``{solution-end}``), and a check cell calling ``bn.check``.
 
+Each exercise names its kind and its points in the metadata of its directive's cell,
+``{"bncourse": {"kind": "derive", "points": 3}}``, and the directive carries the class
+``kind-KIND`` (the book shows the kind from it). The kinds (DESIGN.md section 4): *implement* an
+algorithm, *derive* a result the page does not state, *predict* a number before the cell that
+measures it, *diagnose* a broken script, and *investigate* an open question graded by hand. An
+*investigate* exercise has no code and no check: its answer is a markdown cell between the markers,
+whose solution region holds the model answer and the rubric.
+
 nbgrader only acts on cells that carry its metadata, so :func:`with_nbgrader_metadata` writes it from
 the markers: the solution cell becomes an "autograded answer" (grade id ``LABEL-solution``), the check
-cell a locked "autograded test" worth ``points`` (grade id ``LABEL``).
+cell a locked "autograded test" worth the exercise's points (grade id ``LABEL``), and the answer of an
+*investigate* exercise a "manually graded answer" (grade id ``LABEL``).
 """
 
 import copy
@@ -19,6 +28,10 @@ import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]
+TEXT_STUB = ["YOUR ANSWER HERE"]  # nbgrader's stub for a markdown answer
+KINDS = ("implement", "derive", "predict", "diagnose", "investigate")
+MANUAL = "investigate"  # the kind graded by hand
+CLASS = re.compile(r"^:class:(.*)$", re.M)
 LABEL = re.compile(r"^:label:\s*(\S+)", re.M)
 GRADE_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # what nbgrader accepts as a grade id
 EXERCISE = re.compile(r"\{exercise(?:-start)?\}")
@@ -31,12 +44,20 @@ NOTEBOOK_METADATA = ("kernelspec", "language_info")
 
 @dataclass
 class Exercise:
-    """One graded exercise: its label, its solution cells and its check cell (indices), its points."""
+    """One graded exercise: its label, its solution cells and its check cell (indices; no check cell
+    for one graded by hand), its points and its kind."""
 
     label: str
     solution_cells: list[int]
-    check_cell: int
+    check_cell: int | None
     points: float = 1
+    kind: str | None = None
+    directive_cell: int | None = None
+
+    @property
+    def manual(self) -> bool:
+        """Graded by hand (an *investigate* exercise): its answer is a markdown cell."""
+        return self.kind == MANUAL
 
     def solution_ids(self) -> list[str]:
         """The grade ids of the solution cells: ``LABEL-solution``, then ``LABEL-solution-2``, ..."""
@@ -52,6 +73,16 @@ def is_solution(cell) -> bool:
     return cell["cell_type"] == "code" and BEGIN in source(cell)
 
 
+def is_answer(cell) -> bool:
+    """A markdown answer cell (of an exercise graded by hand)."""
+    return cell["cell_type"] == "markdown" and BEGIN in source(cell)
+
+
+def exercise_meta(cell) -> dict:
+    """The ``bncourse`` metadata of an exercise's directive cell: its kind and points."""
+    return cell.get("metadata", {}).get("bncourse", {})
+
+
 def is_check(cell) -> bool:
     return cell["cell_type"] == "code" and "check." in source(cell) and not is_solution(cell)
 
@@ -64,14 +95,16 @@ def find_exercises(nb) -> list[Exercise]:
     """The graded exercises of an instructor notebook, in order; raises ValueError if one is malformed.
 
     An exercise runs from its ``{exercise}`` directive to the first check cell after it; the cells
-    with solution markers in between are its solution. An exercise with no check cell (a
-    pen-and-paper one) is not graded. Points come from the check cell's nbgrader metadata (default 1).
+    with solution markers in between are its solution. An *investigate* exercise ends with its
+    markdown answer cell. An exercise with no check cell (a pen-and-paper one) is not graded. Kind
+    and points come from the directive cell's metadata (points default to the check cell's
+    nbgrader points, then 1).
     """
-    found, label, cells = [], None, []
+    found, current, cells = [], None, []
 
     def unchecked():
-        if label is not None and cells:
-            raise ValueError(f"exercise {label}: a solution with no check cell after it")
+        if current is not None and cells:
+            raise ValueError(f"exercise {current[0]}: a solution with no check cell after it")
 
     for i, cell in enumerate(nb.cells):
         text = source(cell)
@@ -80,20 +113,33 @@ def find_exercises(nb) -> list[Exercise]:
             match = LABEL.search(text)
             if match is None:
                 raise ValueError(f"cell {i}: an exercise directive needs a :label:")
-            label, cells = match.group(1), []
+            label, meta = match.group(1), exercise_meta(cell)
             if not GRADE_ID.match(label):
                 raise ValueError(f"cell {i}: label {label!r} must be letters, digits, '-' or '_' "
                                  "(it becomes nbgrader's grade id)")
-        elif label is not None and is_check(cell):
-            if not cells:
-                raise ValueError(f"exercise {label}: a check cell with no solution cell before it")
-            found.append(Exercise(label, cells, i, nbgrader_meta(cell).get("points", 1)))
-            label, cells = None, []
-        elif is_solution(cell):
-            if label is None:
-                raise ValueError(f"cell {i}: a solution with no exercise directive before it")
+            kind = meta.get("kind")
+            if kind is not None and kind not in KINDS:
+                raise ValueError(f"exercise {label}: kind must be one of {KINDS}, got {kind!r}")
+            current, cells = (label, kind, meta.get("points"), i), []
+        elif current is not None and current[1] == MANUAL and is_answer(cell):
+            label, kind, points, directive = current
             if text.count(BEGIN) != text.count(END):
                 raise ValueError(f"cell {i} ({label}): unbalanced BEGIN/END SOLUTION markers")
+            found.append(Exercise(label, [i], None, points if points is not None else 1, kind, directive))
+            current, cells = None, []
+        elif current is not None and is_check(cell):
+            label, kind, points, directive = current
+            if not cells:
+                raise ValueError(f"exercise {label}: a check cell with no solution cell before it")
+            if points is None:
+                points = nbgrader_meta(cell).get("points", 1)
+            found.append(Exercise(label, cells, i, points, kind, directive))
+            current, cells = None, []
+        elif is_solution(cell):
+            if current is None:
+                raise ValueError(f"cell {i}: a solution with no exercise directive before it")
+            if text.count(BEGIN) != text.count(END):
+                raise ValueError(f"cell {i} ({current[0]}): unbalanced BEGIN/END SOLUTION markers")
             cells.append(i)
     unchecked()
     labels = [e.label for e in found]
@@ -106,6 +152,11 @@ def nbgrader_cells(nb) -> dict[int, dict]:
     """nbgrader's metadata for every exercise cell of an instructor notebook, by cell index."""
     meta = {}
     for ex in find_exercises(nb):
+        if ex.manual:
+            meta[ex.solution_cells[0]] = {"grade": True, "grade_id": ex.label, "locked": False,
+                                          "points": ex.points, "schema_version": 3, "solution": True,
+                                          "task": False}
+            continue
         for i, grade_id in zip(ex.solution_cells, ex.solution_ids(), strict=True):
             meta[i] = {"grade": False, "grade_id": grade_id, "locked": False, "schema_version": 3,
                        "solution": True, "task": False}
@@ -114,14 +165,29 @@ def nbgrader_cells(nb) -> dict[int, dict]:
     return meta
 
 
+def with_kind_class(text: str, kind: str) -> str:
+    """The directive's source with ``kind-KIND`` as its only kind class (added after ``:label:``)."""
+    match = CLASS.search(text)
+    if match:
+        classes = [c for c in match.group(1).split() if not c.startswith("kind-")] + [f"kind-{kind}"]
+        return text[:match.start()] + ":class: " + " ".join(classes) + text[match.end():]
+    label = LABEL.search(text)
+    return text[:label.end()] + f"\n:class: kind-{kind}" + text[label.end():]
+
+
 def with_nbgrader_metadata(nb):
-    """A copy of ``nb`` whose exercise cells carry nbgrader's metadata, and no other cell does."""
+    """A copy of ``nb`` whose exercise cells carry nbgrader's metadata, and no other cell does; each
+    exercise directive with a kind carries its ``kind-KIND`` class."""
     nb = copy.deepcopy(nb)
     meta = nbgrader_cells(nb)
     for i, cell in enumerate(nb.cells):
         cell.setdefault("metadata", {}).pop("nbgrader", None)
         if i in meta:
             cell["metadata"]["nbgrader"] = meta[i]
+    for ex in find_exercises(nb):
+        if ex.kind is not None:
+            cell = nb.cells[ex.directive_cell]
+            cell["source"] = with_kind_class(source(cell), ex.kind)
     return nb
 
 
@@ -139,13 +205,13 @@ def solution_regions(text: str) -> list[list[str]]:
     return regions
 
 
-def strip_solution(text: str) -> str:
+def strip_solution(text: str, stub: list[str] = STUB) -> str:
     """Replace every BEGIN/END SOLUTION region by the stub, at the markers' indentation (as nbgrader)."""
     out, inside = [], False
     for line in text.splitlines():
         if line.strip() == BEGIN:
             indent = line[: len(line) - len(line.lstrip())]
-            out += [indent + stub for stub in STUB]
+            out += [indent + s for s in stub]
             inside = True
         elif line.strip() == END:
             inside = False
@@ -176,6 +242,8 @@ def student_notebook(nb):
             cell["outputs"], cell["execution_count"] = [], None
             if is_solution(cell):
                 cell["source"] = strip_solution(source(cell))
+        elif is_answer(cell):
+            cell["source"] = strip_solution(source(cell), TEXT_STUB)
         elif cell["cell_type"] == "markdown":
             cell["source"] = SOLUTION_BLOCK.sub("", source(cell))
     return nb
@@ -225,7 +293,7 @@ def student_book_notebook(nb):
     """
     nb = nbformat.from_dict(nb)
     exercises = find_exercises(nb)
-    checks = {e.check_cell for e in exercises}
+    checks = {e.check_cell for e in exercises if e.check_cell is not None}
     solutions = {i for e in exercises for i in e.solution_cells}
     cells, inside = [], False
     for i, cell in enumerate(nb.cells):
@@ -242,3 +310,39 @@ def student_book_notebook(nb):
             cells.append(cell)
     nb.cells = cells
     return nb
+
+
+TITLE = re.compile(r"\{exercise(?:-start)?\}[ \t]*(.*)")
+TABLE_START, TABLE_END = "<!-- exercises: written by `bncourse exercises --write` -->", "<!-- /exercises -->"
+
+
+def title(nb, ex: Exercise) -> str:
+    """The title an exercise's directive gives it."""
+    match = TITLE.search(source(nb.cells[ex.directive_cell]))
+    return match.group(1).strip() if match else ex.label
+
+
+def exercise_table(book: Path) -> str:
+    """Every chapter's exercises as a Markdown table (chapter, exercise, kind, points) with the
+    points per chapter and in all: what instructors read before they assign them."""
+    rows = ["| chapter | exercise | kind | points |", "|---|---|---|---:|"]
+    totals = []
+    for path in chapter_notebooks(book):
+        nb = nbformat.read(path, as_version=4)
+        found = find_exercises(nb)
+        for ex in found:
+            rows.append(f"| {path.stem} | {title(nb, ex)} (`{ex.label}`) | {ex.kind or '?'} | "
+                        f"{ex.points:g} |")
+        totals.append((path.stem, sum(e.points for e in found)))
+    rows += ["", "| chapter | points |", "|---|---:|"]
+    rows += [f"| {stem} | {points:g} |" for stem, points in totals]
+    rows.append(f"| all | {sum(p for _, p in totals):g} |")
+    return "\n".join(rows)
+
+
+def with_exercise_table(page: str, table: str) -> str:
+    """``page`` with the text between its table markers replaced by ``table``."""
+    if TABLE_START not in page or TABLE_END not in page:
+        raise ValueError(f"expected the markers {TABLE_START!r} and {TABLE_END!r} in the page")
+    head, rest = page.split(TABLE_START, 1)
+    return f"{head}{TABLE_START}\n{table}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}"

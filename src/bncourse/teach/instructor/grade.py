@@ -23,6 +23,7 @@ from .exercises import Exercise, find_exercises, nbgrader_meta, source, strip_so
 from .kernel import MARK
 
 PASS, FAIL, NOT_ATTEMPTED, ERROR = "pass", "fail", "not attempted", "error"
+BY_HAND = "to grade by hand"  # an investigate exercise: the answer is prose, with a rubric
 KERNEL = '__import__("bncourse.teach.instructor.kernel", fromlist=["kernel"])'
 
 
@@ -66,6 +67,8 @@ def plan(source_nb, submission) -> tuple[list[Step], dict[str, str]]:
             submitted.setdefault(grade_id, source(cell))  # as nbgrader, the first of duplicated ids
     owner = {}
     for ex in find_exercises(source_nb):
+        if ex.manual:
+            continue  # a markdown answer: nothing to run
         for i, grade_id in zip(ex.solution_cells, ex.solution_ids(), strict=True):
             owner[i] = (ex, grade_id)
         owner[ex.check_cell] = (ex, None)
@@ -230,6 +233,11 @@ def grade_notebook(path: Path, source_dir: Path, student: str | None = None,
         return rows(exercises, ERROR, broken)
     graded = []
     for ex in exercises:
+        if ex.manual:
+            graded.append(Row(student, str(path), ex.label, 0, ex.points, BY_HAND,
+                              "an investigate exercise: grade its answer with the rubric of the "
+                              "instructor's notebook"))
+            continue
         status, message = judge(ex.label, steps, ran, missing)
         graded.append(Row(student, str(path), ex.label, ex.points if status == PASS else 0, ex.points,
                           status, message))

@@ -5,9 +5,9 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from .grade import ERROR, FAIL, NOT_ATTEMPTED, PASS, Row
+from .grade import BY_HAND, ERROR, FAIL, NOT_ATTEMPTED, PASS, Row
 
-STATUSES = (PASS, FAIL, NOT_ATTEMPTED, ERROR)
+STATUSES = (PASS, FAIL, NOT_ATTEMPTED, BY_HAND, ERROR)
 
 
 def _points(value: float) -> str:
@@ -27,10 +27,11 @@ def totals(rows: list[Row]) -> list[dict]:
 
 
 def exit_status(rows: list[Row]) -> int:
-    """0 when every exercise passed, 2 when something could not be graded, else 1."""
+    """0 when every exercise passed (or waits to be graded by hand), 2 when something could not be
+    graded, else 1."""
     if not rows or any(r.status == ERROR for r in rows):
         return 2
-    return 0 if all(r.status == PASS for r in rows) else 1
+    return 0 if all(r.status in (PASS, BY_HAND) for r in rows) else 1
 
 
 def table(rows: list[Row]) -> str:
