@@ -1,13 +1,15 @@
 # The course's commands. Each one first creates (or refreshes) .venv from requirements.txt.
-#   make book          build the HTML book into _build/html, executing every notebook whose code,
-#                      or the package, changed since the last build (Jupyter Book's cache)
+#   make book          build the HTML book into _build/html (English) and _build/html/zh_CN
+#                      (Chinese), executing every notebook whose code, or the package, changed
+#                      since the last build (Jupyter Book's cache)
 #   make test          lint, unit tests, every notebook under nbval, book builds (also the student
 #                      edition's) with warnings as errors, the built book in a browser
 #   make lab           open the notebooks in JupyterLab
 #   make bench         benchmark our batch norm against PyTorch's
 #   make student-edition   the chapter notebooks without solutions or outputs, in student/ (as
 #                      nbgrader's generate_assignment releases them)
-#   make book-student  the book without solutions, into _build/student/_build/html
+#   make book-student  the book without solutions, into _build/student/_build/html (and zh_CN/)
+#   make locales       refresh the Chinese catalogs (locales/) from the English pages
 #   make robust        every notebook under two other draws of all its seeds (not part of `test`)
 PYTHON ?= python3
 VENV := .venv
@@ -15,8 +17,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the `bncourse` command, also in a venv installed before it moved
 BNCOURSE := $(BIN)/python -m bncourse.teach.instructor.cli
+I18N := $(BIN)/python -m bncourse.teach.i18n
 
-.PHONY: book book-student student-edition test lint unit book-check browser lab bench robust clean
+.PHONY: book book-student student-edition test lint unit book-check browser lab bench robust locales \
+	locales-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,20 +35,50 @@ _build/.cache-inputs: $(CACHE_INPUTS)
 	rm -rf $(CACHE)
 	mkdir -p _build && touch $@
 
+# The Chinese book is the English one through the catalogs of locales/: the same notebooks, the
+# same cached runs, into _build/html/zh_CN/ (each page links to its other language).
 book: $(STAMP) _build/.cache-inputs
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
-	@echo "The book is in _build/html: open $(CURDIR)/_build/html/index.html"
+	$(I18N) zh-config _build
+	$(BIN)/jupyter-book build . --config _build/_config.zh.yml --toc _build/_toc.zh.yml \
+		--path-output _build/zh --warningiserror --keep-going
+	rm -rf _build/html/zh_CN && cp -r _build/zh/_build/html _build/html/zh_CN
+	@echo "The book is in _build/html: open $(CURDIR)/_build/html/index.html (中文: zh_CN/index.html)"
 
-# The student build renders the stored outputs of the notebooks with every solution cut out.
+# The prose of the English pages into locales/zh_CN/LC_MESSAGES/ (one catalog per page): new and
+# changed sentences come in untranslated or fuzzy, and the tests fail until they are translated.
+locales: $(STAMP)
+	mkdir -p _build
+	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/_config.gettext.yml
+	$(BIN)/jupyter-book build . --config _build/_config.gettext.yml --path-output _build/gettext \
+		--builder custom --custom-builder gettext --quiet
+	$(BIN)/sphinx-intl update -p _build/gettext/_build/gettext -d locales -l zh_CN -w -1
+
+# The catalogs hold exactly the English pages' sentences, every one translated (nothing fuzzy).
+locales-check: $(STAMP)
+	mkdir -p _build
+	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/_config.gettext.yml
+	$(BIN)/jupyter-book build . --config _build/_config.gettext.yml --path-output _build/gettext \
+		--builder custom --custom-builder gettext --quiet
+	$(I18N) check _build/gettext/_build/gettext
+
+# The student build renders the stored outputs of the notebooks with every solution cut out, in
+# both languages.
 book-student: $(STAMP)
 	$(BNCOURSE) student-book _build/student-src
 	$(BIN)/jupyter-book build _build/student-src --path-output _build/student --warningiserror --keep-going --all
+	$(I18N) zh-config _build/student-src --root _build/student-src --stored
+	$(BIN)/jupyter-book build _build/student-src --config _build/student-src/_config.zh.yml \
+		--toc _build/student-src/_toc.zh.yml --path-output _build/student-zh --warningiserror \
+		--keep-going --all
+	rm -rf _build/student/_build/html/zh_CN
+	cp -r _build/student-zh/_build/html _build/student/_build/html/zh_CN
 	@echo "The student book is in _build/student/_build/html: open $(CURDIR)/_build/student/_build/html/index.html"
 
 student-edition: $(STAMP)
 	$(BNCOURSE) student-edition student
 
-test: lint unit book-check browser book-student
+test: lint unit locales-check book-check browser book-student
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests book
@@ -61,6 +95,11 @@ book-check: $(STAMP)
 	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/_config.stored.yml
 	$(BIN)/jupyter-book build . --config _build/_config.stored.yml --path-output _build/check \
 		--warningiserror --nitpick --keep-going --all --quiet
+	$(I18N) zh-config _build --stored
+	$(BIN)/jupyter-book build . --config _build/_config.zh.yml --toc _build/_toc.zh.yml \
+		--path-output _build/check-zh --warningiserror --nitpick --keep-going --all --quiet
+	rm -rf _build/check/_build/html/zh_CN
+	cp -r _build/check-zh/_build/html _build/check/_build/html/zh_CN
 
 # That book in headless Chromium (Debian's package): every page at 1280 and 390 px, screenshots in
 # _build/screenshots/. Without a browser it skips and says how to install one; with CI=true it fails.

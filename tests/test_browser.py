@@ -139,7 +139,7 @@ def book():
     seen, redirects = {}, {}
     for file in sorted(HTML.rglob("*.html")):
         path = file.relative_to(HTML).as_posix()
-        if not path.startswith("_"):
+        if not any(part.startswith("_") for part in path.split("/")):
             to = REDIRECT.search(file.read_text()[:2000])  # index.html: not a page, a link
             (redirects if to else seen)[path] = {"console": [], "failed": [],
                                                  "links": [urljoin(origin + path, to[1])] if to else []}
@@ -162,6 +162,8 @@ def book():
                 page = _open(context, origin + path, seen[path], external)
                 if name == "desktop":
                     seen[path].update(page.evaluate(MEASURE))
+                    if path.startswith(ZH):
+                        seen[path]["cjk_fonts"] = _fonts_of_chinese(context, page)
                 else:
                     seen[path]["phone_images"] = page.evaluate(MEASURE)["images"]
                 shot = SHOTS / str(width) / (path.removesuffix(".html").replace("/", "_") + ".png")
@@ -174,6 +176,8 @@ def book():
             except NoResults:
                 pass  # the test says so
             seen["search.html"][f"momentum_hits_{name}"] = search.locator("ul.search li").count()
+            if name == "desktop":
+                seen["_switch"] = _switch_languages(context, origin, seen["search.html"], external)
             context.close()
         browser.close()
     server.shutdown()
@@ -182,6 +186,43 @@ def book():
               for p, log in seen.items()}
     (SHOTS / "report.json").write_text(json.dumps(report, indent=1))
     return {"origin": origin, "pages": seen, "external": external}
+
+
+ZH = "zh_CN/"  # the Chinese book, inside the English one
+PROBE = r"""() => {
+  const own = e => [...e.childNodes].filter(n => n.nodeType === Node.TEXT_NODE)
+    .map(n => n.textContent).join("");
+  const p = [...document.querySelectorAll("main p, main li, main span, main h1, main h2")]
+    .find(e => /[\u4e00-\u9fff]{4}/.test(own(e)) && !e.closest("pre, code"));
+  if (p) p.setAttribute("data-font-probe", "");
+  return !!p;
+}"""
+
+
+def _fonts_of_chinese(context, page) -> list[str]:
+    """The fonts Chromium actually drew the page's first Chinese paragraph with (DevTools)."""
+    if not page.evaluate(PROBE):
+        return []
+    cdp = context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "[data-font-probe]"})["nodeId"]
+    fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    cdp.detach()
+    return [f["familyName"] for f in fonts if f["glyphCount"] > 0]
+
+
+def _switch_languages(context, origin: str, log: dict, external: list) -> dict:
+    """Follow the language switch from an English page to Chinese and back."""
+    page = _open(context, origin + "book/intro.html", log, external)
+    visits = []
+    for _ in range(2):
+        page.click(".bn-language a")
+        page.wait_for_load_state("load")
+        visits.append((page.url[len(origin):], page.evaluate("() => document.documentElement.lang")))
+    page.close()
+    return {"visits": visits}
 
 
 def _fail_if(found: dict, what: str) -> None:
@@ -279,3 +320,18 @@ def test_figures_are_legible(book):
                     f"{image['name']}: {min_pt:g} pt text shows at {px:.1f} px ({image['natural']} px wide "
                     f"at {dpi:.0f} dpi, shown {image['shown']:.0f} px wide): fewer panels side by side")
     _fail_if(found, f"figures whose smallest text shows below {MIN_TEXT_PX} px at 1280 px")
+
+
+def test_the_chinese_book_is_there_and_drawn_in_a_chinese_font(book):
+    zh = {p: log for p, log in book["pages"].items() if p.startswith(ZH) and "title" in log}
+    _fail_if({"the book": [] if zh else ["no page under zh_CN/: build it (make book-check)"]},
+             "missing Chinese book")
+    found = {p: [f"drawn with {log.get('cjk_fonts')}"] for p, log in zh.items()
+             if not any("CJK SC" in f for f in log.get("cjk_fonts", ["(no Chinese paragraph)"]))}
+    _fail_if(found, "Chinese pages whose text is not drawn in a Simplified Chinese font "
+                    "(fonts-noto-cjk: Noto Sans/Serif CJK SC)")
+
+
+def test_the_language_switch_goes_both_ways(book):
+    visits = book["pages"]["_switch"]["visits"]
+    assert visits == [(ZH + "book/intro.html", "zh-CN"), ("book/intro.html", "en")], visits

@@ -87,3 +87,15 @@ def test_a_prediction_passes_when_made_and_says_how_far_it_was(capsys):
             core.prediction("p", bad, 0.5, low=0, high=1, explain="")
     with pytest.raises(core.CheckFailed, match="outside"):
         core.prediction("p", 3.0, 0.5, low=0, high=1, explain="")
+
+
+def test_checks_speak_the_learners_language(monkeypatch, capsys):
+    core.passed("f", "detail")
+    assert capsys.readouterr().out == "✔ f: correct (detail)\n"
+    monkeypatch.setenv("BNCOURSE_LANG", "zh_CN")
+    core.passed("f", "细节")
+    assert capsys.readouterr().out == "✔ f：正确（细节）\n"
+    assert core.say("right", "对") == "对"
+    monkeypatch.setenv("BNCOURSE_LANG", "fr")
+    with pytest.raises(ValueError, match="BNCOURSE_LANG must be"):
+        core.say("a", "b")

@@ -53,9 +53,25 @@ WRITE_YOUR_OWN = {
 }
 
 
+def language() -> str:
+    """The language the checks speak to the learner: ``BNCOURSE_LANG`` (``en``, the default, or ``zh``)."""
+    value = os.environ.get("BNCOURSE_LANG", "en").strip().lower() or "en"
+    if value.split("_")[0].split("-")[0] not in ("en", "zh"):
+        raise ValueError(f"BNCOURSE_LANG must be 'en' or 'zh', got {value!r}")
+    return value.split("_")[0].split("-")[0]
+
+
+def say(en: str, zh: str) -> str:
+    """The message in the learner's language (:func:`language`)."""
+    return zh if language() == "zh" else en
+
+
 def passed(name: str, detail: str = "") -> None:
     """Print the one-line pass message of check ``name``."""
-    print(f"✔ {name}: correct" + (f" ({detail})" if detail else ""))
+    if language() == "zh":
+        print(f"✔ {name}：正确" + (f"（{detail}）" if detail else ""))
+    else:
+        print(f"✔ {name}: correct" + (f" ({detail})" if detail else ""))
 
 
 def call(fn: Callable, *args, name: str):

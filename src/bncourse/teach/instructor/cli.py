@@ -69,6 +69,9 @@ def student_book(args) -> int:
     (out / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False, allow_unicode=True))
     shutil.copy(root / "references.bib", out / "references.bib")
     shutil.copytree(root / "_static", out / "_static")  # the book's CSS
+    for folder in ("_templates", "locales"):  # the language switch, the Chinese catalogs
+        if (root / folder).is_dir():
+            shutil.copytree(root / folder, out / folder, ignore=shutil.ignore_patterns("*.mo"))
     for page in (root / "book").glob("*.md"):
         if f"book/{page.stem}" not in INSTRUCTOR_PAGES:
             shutil.copy(page, out / "book" / page.name)
