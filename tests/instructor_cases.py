@@ -81,6 +81,11 @@ SYNTHETIC = {  # notebook -> its exercises (a label with "forward" is a bn_forwa
         Case("warns", "right answer that warns (stderr)", "warns", "fail", "fail"),
         Case("patched", "`setattr(bn.check, ...)` fakes a pass", "patch", "fail", "pass"),
     ],
+    "manual": [  # points by difficulty, and an exercise graded by hand
+        Case("std-derive", "right answer to a 3-point exercise", "right", "pass", "pass"),
+        Case("why-investigate", "an investigate answer in prose", "prose", "to grade by hand",
+             "to grade by hand"),
+    ],
     "kernel": [
         Case("exit", "`os._exit(1)` in the solution", "exit", "fail", "error"),
         Case("after-exit", "right answer after a dead kernel", "right", "pass", "error"),
@@ -93,7 +98,8 @@ IDENTITY, FORWARD, BIAS = "ch3-ex-identity", "ch3-ex-forward", "ch3-ex-bias"
 # corrupt file (CORRUPT's), which both graders fail to read.
 CORRUPT = "zoe"
 SUBMISSIONS = {
-    "alice": {CHAPTER: [Case(IDENTITY, "solution mentions `check.`", "mentions", "pass", "pass"),
+    "alice": {"manual": SYNTHETIC["manual"],
+              CHAPTER: [Case(IDENTITY, "solution mentions `check.`", "mentions", "pass", "pass"),
                         Case(FORWARD, "right answer", "right", "pass", "pass"),
                         Case(BIAS, "solution sets `bn.check.x = 1`", "new-attr", "pass", "pass")]},
     "mallory": {"attacks": SYNTHETIC["attacks"], CHAPTER: [
@@ -123,15 +129,34 @@ def exercise_cells(label: str, solution: str, check: str) -> list:
     ]
 
 
+def investigate_cells(label: str, points: float = 4) -> list:
+    """An investigate exercise as the chapters write it: the question, then a gated markdown answer
+    whose solution region holds the model answer and the rubric."""
+    return [
+        new_markdown_cell(f":::{{exercise}} Why?\n:label: {label}\n\nExplain the measurement.\n:::",
+                          metadata={"bncourse": {"kind": "investigate", "points": points}}),
+        new_markdown_cell(f":::{{solution-start}} {label}\n:class: dropdown\n:::"),
+        new_markdown_cell("**Your answer.**\n\n### BEGIN SOLUTION\nBecause the model answer says so.\n\n"
+                          "Rubric: 2 points for the mechanism, 2 for the measurement.\n### END SOLUTION"),
+        new_markdown_cell(":::{solution-end}\n:::"),
+    ]
+
+
 def synthetic_notebook(labels: list[str]) -> dict:
     """An instructor notebook with nbgrader's metadata: a ``standardize`` exercise per label, a
-    ``bn_forward`` one for labels with "forward"."""
+    ``bn_forward`` one for labels with "forward", an investigate one for labels with "investigate";
+    a label with "derive" is a derive exercise worth 3 points."""
     cells = [new_markdown_cell("# Exercises"), new_code_cell("import torch\n\nimport bncourse as bn")]
     for label in labels:
+        if "investigate" in label:
+            cells += investigate_cells(label)
+            continue
         if "forward" in label:
             cells += exercise_cells(label, BN_FORWARD, "bn.check.bn_forward(bn_forward)")
         else:
             cells += exercise_cells(label, STANDARDIZE, "bn.check.standardize(standardize)")
+        if "derive" in label:
+            cells[-5].metadata["bncourse"] = {"kind": "derive", "points": 3}
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return exercises.with_nbgrader_metadata(nb)
@@ -166,6 +191,9 @@ def submission(source_nb, cases: list[Case]) -> dict:
     """The student edition of ``source_nb`` with each case's answer and attack applied."""
     nb = exercises.student_notebook(source_nb)
     for c in cases:
+        if c.answer == "prose":  # an answer graded by hand: the markdown cell of grade id LABEL
+            nb.cells[cell_index(nb, c.label)].source = "**Your answer.**\n\nThe running mean lags."
+            continue
         i = cell_index(nb, f"{c.label}-solution")
         if c.answer is not None:
             nb.cells[i].source = answer(c.answer, source_nb, c.label)

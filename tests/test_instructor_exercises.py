@@ -9,7 +9,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from bncourse.teach.instructor import cli, exercises
-from instructor_cases import STANDARDIZE, exercise_cells, synthetic_notebook
+from instructor_cases import STANDARDIZE, exercise_cells, investigate_cells, synthetic_notebook
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
 CHAPTERS = exercises.chapter_notebooks(BOOK)
@@ -163,19 +163,6 @@ def test_student_book_sources(tmp_path):
     for path in CHAPTERS:
         built = nbformat.read(tmp_path / "src" / "book" / path.name, as_version=4)
         assert not any(exercises.is_solution(c) for c in built.cells)
-
-
-def investigate_cells(label: str) -> list:
-    """An investigate exercise as the chapters write it: the question, then a gated markdown answer
-    whose solution region holds the model answer and the rubric."""
-    return [
-        new_markdown_cell(f":::{{exercise}} Why?\n:label: {label}\n\nExplain the measurement.\n:::",
-                          metadata={"bncourse": {"kind": "investigate", "points": 4}}),
-        new_markdown_cell(f":::{{solution-start}} {label}\n:class: dropdown\n:::"),
-        new_markdown_cell("**Your answer.**\n\n### BEGIN SOLUTION\nBecause the model answer says so.\n\n"
-                          "Rubric: 2 points for the mechanism, 2 for the measurement.\n### END SOLUTION"),
-        new_markdown_cell(":::{solution-end}\n:::"),
-    ]
 
 
 def test_kinds_points_and_investigate_exercises():

@@ -10,7 +10,7 @@ from nbformat.v4 import new_markdown_cell, new_notebook
 
 from bncourse.teach.instructor import cli, exercises, grade, report
 from bncourse.teach.instructor.grade import BY_HAND, ERROR, FAIL, NOT_ATTEMPTED, PASS, Row
-from instructor_cases import Case, submission, synthetic_notebook
+from instructor_cases import Case, investigate_cells, submission, synthetic_notebook
 
 KERNEL_META = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
@@ -128,8 +128,6 @@ def test_a_grader_failure_is_an_error_row_and_the_batch_goes_on(tmp_path, monkey
 
 
 def test_an_investigate_exercise_is_listed_to_grade_by_hand(tmp_path):
-    from test_instructor_exercises import investigate_cells
-
     source = tmp_path / "source"
     source.mkdir()
     cells = [new_markdown_cell("# Why"), *investigate_cells("ex-why")]

@@ -18,7 +18,7 @@ from nbgrader.api import Gradebook
 
 import instructor_cases as cases
 from bncourse.teach.instructor import cli, exercises
-from bncourse.teach.instructor.grade import ERROR, NOT_ATTEMPTED
+from bncourse.teach.instructor.grade import BY_HAND, ERROR, NOT_ATTEMPTED
 
 DOC = (cases.BOOK / "instructors.md").read_text()
 CHAPTERS = exercises.chapter_notebooks(cases.BOOK)
@@ -88,10 +88,11 @@ def course(tmp_path_factory) -> dict:
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
         for (student, notebook, label) in ours:
             if not (root / "autograded" / student / "ch3" / f"{notebook}.ipynb").exists():
-                theirs[student, notebook, label] = ("error", 0)
+                theirs[student, notebook, label] = ("error", 0, None)
                 continue
             [g] = [g for g in gb.find_submission_notebook(notebook, "ch3", student).grades if g.name == label]
-            theirs[student, notebook, label] = ("pass" if g.score == g.max_score else "fail", g.score)
+            status = BY_HAND if g.needs_manual_grade else "pass" if g.score == g.max_score else "fail"
+            theirs[student, notebook, label] = (status, g.score, g.max_score)
     return {"root": root, "ours": ours, "theirs": theirs, "exit_status": exit_status}
 
 
@@ -137,16 +138,35 @@ def test_our_messages_name_the_attack(course):
 
 def test_the_graders_agree_wherever_nbgrader_grades_and_no_attack_was_expected_to_part_them(course):
     parted = {k for k, c in EXPECTED.items() if c.ours != c.nbgrader}
-    for key, (status, points) in course["theirs"].items():
+    for key, (status, points, max_points) in course["theirs"].items():
         if status != "error" and key not in parted:
             assert course["ours"][key]["points"] == points, key
+            assert course["ours"][key]["max_points"] == max_points, key
+
+
+def test_both_graders_give_the_same_totals_per_submission(course):
+    """Points follow difficulty; both graders read them from the same metadata."""
+    totals = {}
+    for key, (status, points, max_points) in course["theirs"].items():
+        if status == "error" or any(k[:2] == key[:2] for k, c in EXPECTED.items() if c.ours != c.nbgrader):
+            continue
+        ours = course["ours"][key]
+        t = totals.setdefault(key[:2], [0, 0, 0, 0])
+        t[0] += ours["points"]
+        t[1] += ours["max_points"]
+        t[2] += points
+        t[3] += max_points
+    assert totals and all(t[0] == t[2] and t[1] == t[3] for t in totals.values()), totals
+    assert totals["alice", "manual"] == [3, 7, 3, 7]  # 3 points earned; 4 wait for the rubric
 
 
 def test_the_untouched_edition_submitted_through_the_exchange_scores_nothing(course):
     mine = {k: r for k, r in course["ours"].items() if k[0] == STUDENT}
-    assert {k[1] for k in mine} == {"attacks", "kernel", cases.CHAPTER}
-    assert all(r["status"] == NOT_ATTEMPTED for r in mine.values())
-    assert all(course["theirs"][k] == ("fail", 0) for k in mine)
+    assert {k[1] for k in mine} == {"attacks", "kernel", "manual", cases.CHAPTER}
+    by_hand = {k for k, r in mine.items() if r["status"] == BY_HAND}
+    assert [k[2] for k in by_hand] == ["why-investigate"]
+    assert all(r["status"] == NOT_ATTEMPTED for k, r in mine.items() if k not in by_hand)
+    assert all(course["theirs"][k][:2] == ("fail", 0) for k in mine if k not in by_hand)
 
 
 def test_a_corrupt_submission_is_an_error_and_the_batch_goes_on(course):

@@ -1,7 +1,8 @@
 """Self-checks that work in the static book, in Jupyter and on Colab, in English and in Chinese.
 
 ``bn.quiz("ch5-sigmoid-rate")`` shows one multiple-choice question from the course's quiz bank
-(``quizzes.json``, beside this module, so it also works on Colab where the book's folder is not).
+(``quizzes/NN_page.json``, one file per page, inside the package, so it also works on Colab where
+the book's folder is not).
 The question is placed *before* the cell that measures its answer: the reader commits to a
 prediction, clicks, and gets the feedback of their choice. The output is one self-contained piece
 of HTML: both languages are in it, and the page's language (``<html lang>``) picks one with CSS;
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-BANK = Path(__file__).with_name("quizzes.json")
+BANK = Path(__file__).with_name("quizzes")
 LANGUAGES = ("en", "zh")
 
 STYLE = """<style>
@@ -69,9 +70,10 @@ def _both(value, what: str) -> dict[str, str]:
 
 @cache
 def bank() -> dict[str, Question]:
-    """Every question of ``quizzes.json``, checked: both languages everywhere, a valid answer."""
+    """Every question of the bank, checked: both languages everywhere, a valid answer."""
     questions = {}
-    for entry in json.loads(BANK.read_text(encoding="utf-8")):
+    entries = [e for f in sorted(BANK.glob("*.json")) for e in json.loads(f.read_text(encoding="utf-8"))]
+    for entry in entries:
         qid = entry["id"]
         choices = [_both(c, f"{qid} choice {i}") for i, c in enumerate(entry["choices"])]
         feedback = [_both(f, f"{qid} feedback {i}") for i, f in enumerate(entry["feedback"])]
