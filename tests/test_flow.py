@@ -132,6 +132,36 @@ def test_first_layer_record_splits_the_norm_change_as_derived(device):
     torch.testing.assert_close(rec.first_order, rec.along_x_hat + rec.constant,
                                rtol=1e-9, atol=1e-12)
     assert abs(rec.constant).max() > 1e-4 and abs(rec.along_x_hat).max() > 1e-4
+    # dL/db = (gamma / s) dL/dbeta: the bias has moved by the accumulated (gamma / s) delta beta
+    torch.testing.assert_close(b - b0, rec.bias_driven, rtol=1e-9, atol=1e-12)
+    assert (b - b0).abs().max() > 1e-3
+    torch.testing.assert_close(rec.w0, w0)
+    torch.testing.assert_close(rec.b0, b0)
+
+
+def test_first_layer_record_gain_and_drive_of_one_step(device):
+    # one plain SGD step by hand, then the probe: gain is gamma / s before the step, and the
+    # bias moved by gain * (beta's step)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 6, generator=g, dtype=torch.float64).to(device)
+    y = (x[:, 0] > x[:, 1]).long()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), flow.StopGradBatchNorm1d(5),
+                              torch.nn.ReLU(), torch.nn.Linear(5, 2)).to(device, torch.float64)
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+    w0, b0, gamma0, beta0 = (t.detach().clone() for t in (net[0].weight, net[0].bias,
+                                                          net[1].weight, net[1].bias))
+    record = flow.FirstLayerRecord(net[0], net[1], 0.3)
+    TF.cross_entropy(net(x), y).backward()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.sub_(0.3 * p.grad)
+    record(1, net, (x, y))
+    gain = gamma0 / torch.sqrt((x @ w0.T + b0).var(0, correction=0) + 1e-5)
+    torch.testing.assert_close(record.gain[0], gain.mean().item())
+    torch.testing.assert_close(record.bias_driven, gain * (net[1].bias.detach() - beta0))
+    torch.testing.assert_close(net[0].bias.detach() - b0, record.bias_driven)
 
 
 def test_first_layer_record_true_backward_has_no_first_order_growth(device):
@@ -140,6 +170,7 @@ def test_first_layer_record_true_backward_has_no_first_order_growth(device):
     assert abs(rec.along_x_hat).max() > 1e-4         # gamma * dL/dgamma is not 0 ...
     assert abs(rec.first_order).max() < 1e-3 * abs(rec.along_x_hat).max()  # ... but w . grad is
     assert rec.drift.max() < 1e-10
+    assert rec.bias_driven.abs().max() > 1e-4  # beta moved, and the bias was not dragged along
 
 
 def test_first_layer_record_errors():
@@ -147,6 +178,8 @@ def test_first_layer_record_errors():
         flow.FirstLayerRecord(torch.nn.Linear(3, 2, bias=False), bn.nn.BatchNorm1d(2), 0.1)
     with pytest.raises(ValueError, match="with a weight"):
         flow.FirstLayerRecord(torch.nn.Linear(3, 2), bn.nn.BatchNorm1d(2, affine=False), 0.1)
+    with pytest.raises(ValueError, match=r"a bias \(beta\)"):
+        flow.FirstLayerRecord(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2, bias=False), 0.1)
     linear, norm = torch.nn.Linear(3, 2), bn.nn.BatchNorm1d(2)
     record = flow.FirstLayerRecord(linear, norm, 0.1)
     with pytest.raises(RuntimeError, match="after an SGD step"):

@@ -82,10 +82,13 @@ class FirstLayerRecord:
     One probe per member: ``bn.train(..., on_step=bn.trainer.each(records))`` calls it after
     each step with the member, its gradients of that step and its batch; ``lr`` must be the
     run's rate (plain SGD), and ``linear`` the network's first layer (its input is the batch).
-    Per step it records, as NumPy arrays:
+    ``w0``, ``b0`` and ``beta0`` keep the initial weight, bias and ``beta``. Per step it
+    records, as NumPy arrays:
 
     * ``drift``: ``|b - b0| / |b0|``, how far the linear layer's bias has moved;
     * ``row_norm``: the mean norm of the weight rows, relative to its initial value;
+    * ``gain``: the mean over the rows of ``gamma / s`` before the step, where
+      ``s = sqrt(var + eps)`` is the batch standard deviation of the row's output;
     * ``first_order``: ``-2 lr * sum_rows w . grad_w``, the first-order change of
       ``sum_rows |w|^2`` (``w`` before the step); ``second_order``: ``lr^2 |grad_w|^2``.
       Their sum is the step's change of ``sum_rows |w|^2`` exactly;
@@ -93,33 +96,47 @@ class FirstLayerRecord:
       ``g_i = gamma dL/dy_i``, computed as ``gamma * dL/dgamma``;
     * ``constant``: ``-2 lr * sum_rows mean_i(w . u_i) * dL/db``.
 
-    With the stop-gradient, ``dL/dx_i = g_i / sqrt(var + eps)`` and ``w . grad_w`` is
-    exactly ``sum_i g_i x_hat_i + mean_i(w . u_i) / sqrt(var + eps) * sum_i g_i``, so
-    ``first_order = along_x_hat + constant``. With the true backward ``dL/db = 0`` and
-    each row's share of ``first_order`` is ``eps / (var + eps)`` times its share of
-    ``along_x_hat``: almost nothing.
+    and, per row, ``bias_driven``: the sum over the steps so far of ``(gamma / s) * delta_beta``,
+    ``delta_beta = -lr dL/dbeta`` the step of ``beta`` (a tensor of shape ``(out_features,)``).
+
+    With the stop-gradient, ``dL/dx_i = g_i / s``, so ``dL/db = sum_i dL/dx_i =
+    (gamma / s) dL/dbeta``: every step moves ``b`` by ``gamma / s`` times ``beta``'s step, and
+    ``b - b0`` equals ``bias_driven``. Also ``w . grad_w`` is exactly
+    ``sum_i g_i x_hat_i + mean_i(w . u_i) / s * sum_i g_i``, so
+    ``first_order = along_x_hat + constant``. With the true backward ``dL/db = 0`` (``b``
+    stays at ``b0`` whatever ``bias_driven`` is), and each row's share of ``first_order`` is
+    ``eps / (var + eps)`` times its share of ``along_x_hat``: almost nothing.
     """
 
     def __init__(self, linear: torch.nn.Linear, norm: torch.nn.Module, lr: float):
-        if linear.bias is None or getattr(norm, "weight", None) is None:
-            raise ValueError("FirstLayerRecord expected a linear layer with a bias, "
-                             "followed by a norm layer with a weight (gamma)")
+        if (linear.bias is None or getattr(norm, "weight", None) is None
+                or getattr(norm, "bias", None) is None):
+            raise ValueError("FirstLayerRecord expected a linear layer with a bias, followed by a "
+                             "norm layer with a weight (gamma) and a bias (beta)")
         self.linear, self.norm, self.lr = linear, norm, lr
         with torch.no_grad():
+            self.w0 = linear.weight.detach().clone()
             self.b0 = linear.bias.detach().clone()
+            self.beta0 = norm.bias.detach().clone()
             self.norm0 = linear.weight.norm(dim=1).mean().item()
+        self.bias_driven = torch.zeros_like(self.b0)
         self._rows: list[tuple[float, ...]] = []
 
     @torch.no_grad()
     def __call__(self, step: int, model: torch.nn.Module, batch=None) -> None:
-        w, b, gamma = self.linear.weight, self.linear.bias, self.norm.weight
-        if w.grad is None or batch is None:
+        w, b, gamma, beta = self.linear.weight, self.linear.bias, self.norm.weight, self.norm.bias
+        if w.grad is None or beta.grad is None or batch is None:
             raise RuntimeError("FirstLayerRecord is called after an SGD step of a model that "
                                "contains its layers, with its gradients and its batch")
         lr = self.lr
         w_before = w + lr * w.grad  # plain SGD, undone
+        b_before = b + lr * b.grad
         gamma_before = gamma + lr * gamma.grad
-        mean_wu = w_before @ batch[0].mean(0)  # mean over the batch of w . u_i
+        u = batch[0]
+        s = torch.sqrt((u @ w_before.T + b_before).var(0, correction=0) + self.norm.eps)
+        gain = gamma_before / s
+        self.bias_driven += gain * (-lr * beta.grad)
+        mean_wu = w_before @ u.mean(0)  # mean over the batch of w . u_i
         self._rows.append((
             ((b - self.b0).norm() / self.b0.norm()).item(),
             w.norm(dim=1).mean().item() / self.norm0,
@@ -127,6 +144,7 @@ class FirstLayerRecord:
             (lr**2 * w.grad.square().sum()).item(),
             (-2 * lr * (gamma_before * gamma.grad).sum()).item(),
             (-2 * lr * (mean_wu * b.grad).sum()).item(),
+            gain.mean().item(),
         ))
 
     def _column(self, i: int) -> np.ndarray:
@@ -138,3 +156,4 @@ class FirstLayerRecord:
     second_order = property(lambda self: self._column(3))
     along_x_hat = property(lambda self: self._column(4))
     constant = property(lambda self: self._column(5))
+    gain = property(lambda self: self._column(6))
