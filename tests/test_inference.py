@@ -286,6 +286,82 @@ def test_accuracy_and_predict_reject_bad_input():
         inf.predict(model, x, "batch", 1)
 
 
+# --- many networks at once --------------------------------------------------------------------
+
+
+def _many(norm="bn", count=3):
+    return [_trained_like(norm, seed) for seed in range(count)]
+
+
+@pytest.mark.parametrize("stats", ["batch", "running"])
+@pytest.mark.parametrize("norm", ["bn", "torch_bn", "layer"])
+def test_predict_many_in_batches_equals_predicting_each_in_turn(stats, norm):
+    """Network i gets the i-th shuffle of one generator, as predicting them one by one does."""
+    models = _many(norm)
+    before = [copy.deepcopy(m.state_dict()) for m in models]
+    x = torch.randn(23, 5, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    many = inf.predict(models, x, stats, 4, torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(2)
+    one_by_one = torch.stack([inf.predict(m, x, stats, 4, gen) for m in models])
+    assert many.shape == (3, 23, 3)
+    torch.testing.assert_close(many, one_by_one, rtol=1e-12, atol=1e-12)
+    for m, state in zip(models, before, strict=True):  # the networks are left as they were
+        assert m.training
+        assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+
+
+def test_predict_and_accuracy_of_many_without_batches():
+    models, x = _many(), torch.randn(9, 5, dtype=torch.float64)
+    y = torch.arange(9) % 3
+    torch.testing.assert_close(inf.predict(models, x), torch.stack([inf.predict(m, x) for m in models]))
+    acc = inf.accuracy(models, x, y)
+    assert acc.dtype == torch.float64 and acc.shape == (3,)
+    assert acc.tolist() == pytest.approx([inf.accuracy(m, x, y) for m in models])
+    gen = torch.Generator().manual_seed(4)
+    acc = inf.accuracy(models, x, y, "batch", 3, gen)
+    gen = torch.Generator().manual_seed(4)
+    assert acc.tolist() == pytest.approx([inf.accuracy(m, x, y, "batch", 3, gen) for m in models])
+
+
+def test_recompute_bn_stats_of_many_equals_each():
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    many = inf.recompute_bn_stats(_many(), x)
+    for got, want in zip(many, [inf.recompute_bn_stats(m, x) for m in _many()], strict=True):
+        for key, value in want.state_dict().items():
+            torch.testing.assert_close(got.state_dict()[key], value)
+
+
+def test_predicting_many_members_during_training_changes_nothing():
+    """In a probe, the trainer's members are views into its wide network: predicting them in
+    batches (copies, stacked) must leave the training exactly as it is without the probe."""
+    x = torch.rand(60, 5, generator=torch.Generator().manual_seed(13))
+    data = bn.data.Split(x, (x.sum(1) > 2.5).long(), x[:10], (x[:10].sum(1) > 2.5).long())
+    seen = []
+
+    def probe(step, models, batch):
+        seen.append(inf.accuracy(models, data.x_test, data.y_test, "batch", 5, torch.Generator()))
+        inf.recompute_bn_stats(copy.deepcopy(models), data.x_train)
+
+    def build():
+        return bn.models.mlp([5, 8, 2], norm="bn")
+
+    probed = bn.train(build, data, 6, 0.3, seeds=[0, 1], batch_size=10, on_step=probe, progress=False)
+    plain = bn.train(build, data, 6, 0.3, seeds=[0, 1], batch_size=10, progress=False)
+    assert len(seen) == 6 and seen[0].shape == (2,)
+    for a, b in zip(probed.models, plain.models, strict=True):
+        for key, value in b.state_dict().items():
+            assert torch.equal(a.state_dict()[key], value), key
+
+
+def test_many_rejects_bad_input():
+    with pytest.raises(TypeError, match="non-empty list of models"):
+        inf.predict([], torch.randn(4, 5))
+    with pytest.raises(TypeError, match="non-empty list of models"):
+        inf.accuracy([_trained_like(), "model"], torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(TypeError, match="expected a model or a list of models, got str"):
+        inf.predict("model", torch.randn(4, 5))
+
+
 # --- porting to Keras' convention and back --------------------------------------------------------
 
 
@@ -375,43 +451,3 @@ def test_mean_noise_theory_and_power_law_slope():
 
 
 # --- many networks at once ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-def _small_split(n=60, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 8, generator=gen, dtype=torch.float64)
-    y = (x[:, :4].sum(1) > x[:, 4:].sum(1)).long() + 2 * (x[:, 0] > 0.5).long()
-    return bn.data.Split(x, y, x[:10], y[:10])
-
-
-@pytest.mark.parametrize("norm", ["bn", "group"])
-def test_train_many_equals_separate_runs(norm, float64):
-    """Each network of the grid is what bn.train gives that seed and rate alone."""
-    data, sizes = _small_split(), [8, 32, 32, 4]  # group norm: 8 groups of 4
-    many = inf.train_many(sizes, norm, data, [0.05, 0.5], [0, 3], steps=17, batch_size=8)
-    assert list(many) == [(0.05, 0), (0.05, 3), (0.5, 0), (0.5, 3)]
-    for (lr, seed), model in many.items():
-        ref = bn.train(lambda: bn.models.mlp(sizes, norm=norm), data, 17, lr, seeds=[seed],
-                       batch_size=8, progress=False).models[0]
-        got, want = model.state_dict(), ref.state_dict()
-        assert list(got) == list(want)
-        for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12)
-
-
-def test_train_many_rejects_bad_input(float64):
-    data = _small_split()
-    with pytest.raises(ValueError, match="distinct seeds"):
-        inf.train_many([8, 4], None, data, [0.1], [1, 1], 5, 4)
-    with pytest.raises(ValueError, match="steps must be"):
-        inf.train_many([8, 4], None, data, [0.1], [1], 0, 4)
-    with pytest.raises(ValueError, match=r"batch_size must be an int in \[2, 60\]"):
-        inf.train_many([8, 4], None, data, [0.1], [1], 5, 1)

@@ -7,6 +7,7 @@ the cumulative average. Other frameworks' conventions are in :data:`MOMENTUM_CON
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -18,6 +19,7 @@ from torch import nn
 from .. import nn as bnn
 from ..functional import channel_view, reduce_dims
 from ..layers import BATCH_NORMS, bn_layers
+from .stack import Stack
 
 __all__ = [
     "MOMENTUM_CONVENTIONS",
@@ -40,7 +42,6 @@ __all__ = [
     "recompute_bn_stats",
     "to_torch_momentum",
     "torch_to_keras",
-    "train_many",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -306,8 +307,19 @@ def _call_order(model: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> l
     return order
 
 
+def _many(model) -> bool:
+    """Whether ``model`` is a list (or tuple) of networks rather than one."""
+    if isinstance(model, (list, tuple)):
+        if not model or any(not isinstance(m, nn.Module) for m in model):
+            raise TypeError("expected a model or a non-empty list of models (torch.nn.Module)")
+        return True
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a model or a list of models, got {type(model).__name__}")
+    return False
+
+
 @torch.no_grad()
-def recompute_bn_stats(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
+def recompute_bn_stats(model, x: torch.Tensor, batch_size: int = 256):
     """Set every batch norm layer's running buffers to exact population statistics over ``x``.
 
     Layer by layer, in the order the forward pass calls them, the running mean and running
@@ -315,7 +327,12 @@ def recompute_bn_stats(model: nn.Module, x: torch.Tensor, batch_size: int = 256)
     the network computes it in eval mode, with the earlier layers already re-estimated: the
     statistics each layer will meet at test time. ``batch_size`` only sets the chunks the data is
     passed in (memory); the result does not depend on it. Returns ``model`` (changed in place).
+    ``model`` may also be a list of networks: each is re-estimated, and the list returned.
     """
+    if _many(model):
+        for m in model:
+            recompute_bn_stats(m, x, batch_size)
+        return model
     layers = bn_layers(model)
     if not layers:
         raise ValueError("the model has no batch norm layer whose statistics could be recomputed")
@@ -393,7 +410,26 @@ def _batch_index(n: int, batch_size: int, generator: torch.Generator | None) -> 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, stats: str = "running", batch_size: int | None = None,
+def _predict_many_in_batches(models: Sequence[nn.Module], x: torch.Tensor, stats: str, batch_size: int,
+                             generator: torch.Generator | None) -> torch.Tensor:
+    """:func:`predict` in batches for S networks at once, as one wide network of copies."""
+    index = [_batch_index(x.shape[0], batch_size, generator) for _ in models]  # network i: i-th draw
+    stack = Stack(copy.deepcopy(list(models)))  # copies: the networks themselves are left alone
+    stack.wide.eval()
+    rows = torch.arange(len(models), device=x.device)[:, None]
+    out = None
+    with batch_statistics(stack.wide) if stats == "batch" else nullcontext():
+        for parts in zip(*index, strict=True):  # batch j of every network (their sizes are equal)
+            idx = torch.stack(parts).to(x.device)  # (S, B)
+            logits = stack(x[idx])  # (S, B, K)
+            if out is None:
+                out = logits.new_empty(len(models), x.shape[0], *logits.shape[2:])
+            out[rows, idx] = logits
+    return out
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor, stats: str = "running", batch_size: int | None = None,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) on ``x``, with the batch norm statistics ``stats``.
 
@@ -402,11 +438,21 @@ def predict(model: nn.Module, x: torch.Tensor, stats: str = "running", batch_siz
     batches (each of ``batch_size`` to ``2 * batch_size - 1`` examples), and each batch is normalized
     with its own statistics (``stats="batch"``, as training mode does, leaving the buffers
     untouched) or with the running buffers (``stats="running"``, so the batches change nothing).
+
+    ``model`` may also be a list of S networks of one architecture (the members of
+    :func:`bncourse.lab.trainer.train`): the result is then (S, N, K), network ``i``'s logits being
+    what ``predict(models[i], ...)`` gives when the networks are predicted in turn with one
+    ``generator`` (network ``i`` gets the ``i``-th shuffle). In batches, all S run at once, as one
+    wide network of copies (:mod:`bncourse.lab.stack`); the networks are not changed.
     """
     if stats not in ("running", "batch"):
         raise ValueError(f"stats must be 'running' or 'batch', got {stats!r}")
     if stats == "batch" and batch_size is None:
         raise ValueError("stats='batch' needs a batch_size")
+    if _many(model):
+        if batch_size is not None:
+            return _predict_many_in_batches(model, x, stats, batch_size, generator)
+        return torch.stack([predict(m, x) for m in model])
     was_training = model.training
     model.eval()
     try:
@@ -425,11 +471,13 @@ def predict(model: nn.Module, x: torch.Tensor, stats: str = "running", batch_siz
         model.train(was_training)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stats: str = "running",
-             batch_size: int | None = None, generator: torch.Generator | None = None) -> float:
-    """Fraction of ``x`` that :func:`predict` classifies as ``y``."""
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, stats: str = "running",
+             batch_size: int | None = None, generator: torch.Generator | None = None):
+    """Fraction of ``x`` that :func:`predict` classifies as ``y``: a float, or for a list of S
+    networks a float64 tensor (S,)."""
     logits = predict(model, x, stats, batch_size, generator)
-    return (logits.argmax(1) == y).float().mean().item()
+    right = (logits.argmax(-1) == y).double().mean(-1)
+    return right.cpu() if _many(model) else right.item()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,8 +521,8 @@ def batch_stat_noise(x: torch.Tensor, batch_sizes: Sequence[int], trials: int = 
     for m in batch_sizes:
         if replace:
             idx = torch.randint(n, (trials, m), generator=generator)
-        else:
-            idx = torch.rand(trials, n, generator=generator).argsort(1)[:, :m]
+        else:  # the m largest of n uniform draws: a uniformly random set of m rows
+            idx = torch.rand(trials, n, generator=generator).topk(m, 1).indices
         xb = x[idx.to(x.device)]  # (trials, m, C)
         mean_std.append((xb.mean(1).std(0) / pop_var.sqrt()).mean())
         var_std.append((xb.var(1, unbiased=False).std(0) / pop_var).mean())
@@ -505,28 +553,3 @@ def power_law_slope(x, y) -> tuple[float, float]:
     a = torch.stack([lx, torch.ones_like(lx)], 1)
     slope, intercept = torch.linalg.lstsq(a, ly.unsqueeze(1)).solution.squeeze(1).tolist()
     return slope, intercept
-
-
-# ---------------------------------------------------------------------------------------------
-# Many small networks trained at once (learning-rate grids, many seeds)
-
-
-def train_many(sizes: Sequence[int], norm: str | None, data, lrs: Sequence[float],
-               seeds: Sequence[int], steps: int, batch_size: int) -> dict[tuple[float, int], nn.Module]:
-    """Train one :func:`bncourse.lab.models.mlp` per learning rate and seed, all at once.
-
-    Network ``(lr, seed)`` is the one ``bn.seed_everything(seed); bn.models.mlp(sizes, norm=norm)``
-    builds, trained by :func:`bncourse.lab.trainer.train` with that rate and seed (every rate of a
-    seed sees the same batches). Returns ``{(lr, seed): model}``.
-    """
-    from .models import mlp
-    from .trainer import train
-
-    lrs, seeds = [float(v) for v in lrs], [int(s) for s in seeds]
-    if not lrs or not seeds or len(set(seeds)) != len(seeds) or len(set(lrs)) != len(lrs):
-        raise ValueError(f"expected distinct learning rates and distinct seeds, got {lrs} and {seeds}")
-    keys = [(lr, seed) for lr in lrs for seed in seeds]
-    runs = train(lambda: mlp(sizes, norm=norm).to(data.x_train.device), data, steps,
-                 [lr for lr, _ in keys], seeds=[s for _, s in keys], batch_size=batch_size,
-                 progress=False)
-    return dict(zip(keys, runs.models, strict=True))
