@@ -227,3 +227,12 @@ def test_stack_members_are_views_until_released():
         stack.wide[0].weight.add_(1.0)
     assert not torch.equal(released[1][0].weight, stack.wide[0].weight[1])
     assert copy.deepcopy(released[0]) is not None
+
+
+def test_members_whose_layers_differ_in_settings_are_refused():
+    def build(momentum):
+        return lambda: nn.Sequential(nn.Linear(64, 8), bn.nn.BatchNorm1d(8, momentum=momentum),
+                                     nn.Linear(8, 10))
+    models = [bn.trainer.built(build(m), 0) for m in (0.1, 0.01)]
+    with pytest.raises(ValueError, match="different settings"):
+        train(models, _data(), 2, 0.1, seeds=[0, 1], batch_size=16, progress=False)

@@ -113,6 +113,10 @@ def _widen(members: Sequence[nn.Module]) -> nn.Module:
     kinds = {type(m) for m in members}
     if len(kinds) != 1:
         raise ValueError(f"expected members of one architecture, got {sorted(k.__name__ for k in kinds)}")
+    settings = {m.extra_repr() for m in members}
+    if len(settings) != 1:  # momentum, eps, shapes, ...: the wide layer has only one of each
+        raise ValueError(f"cannot stack {type(first).__name__} layers with different settings: "
+                         f"{sorted(settings)}; train such members in separate calls")
     if isinstance(first, nn.Linear):
         return WideLinear(members)
     if isinstance(first, nn.modules.conv._ConvNd):
