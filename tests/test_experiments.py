@@ -1,4 +1,4 @@
-"""The percentile tracker: what a layer receives, recorded over training."""
+"""The percentile and moment trackers: what a layer receives, recorded over training."""
 
 import copy
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bncourse.lab import data, experiments, models
-from bncourse.lab.trainer import each, train
+from bncourse.lab.trainer import built, each, train
 
 
 def test_records_the_percentiles_of_the_layer_input():
@@ -79,3 +79,43 @@ def test_bad_input_raises_clear_errors():
         experiments.track_percentiles(model, model[1], torch.randn(5, 4), batch_stats="yes")
     with pytest.raises(RuntimeError, match="nothing recorded"):
         _ = experiments.PercentileTracker(model, model[1], torch.randn(5, 4)).values
+
+
+def test_moments_are_each_units_mean_and_biased_std_and_follow_training():
+    torch.manual_seed(0)
+    model = models.mlp([4, 6, 3], activation="sigmoid")
+    x = torch.randn(50, 4) * 3 + 1
+    tracker = experiments.track_moments(model, model[1], x)
+    z = model[0](x).detach()
+    torch.testing.assert_close(tracker.values[0], torch.stack([z.mean(0), z.std(0, correction=0)]))
+    assert tracker.values.shape == (1, 2, 6) and tracker.steps == [0]
+
+
+def test_one_moment_tracker_per_member_through_each():
+    split = data.digits()
+    make = lambda: models.mlp([64, 16, 10], activation="sigmoid")  # noqa: E731
+    seeds = [0, 1, 2]
+    members = [built(make, s) for s in seeds]
+    trackers = [experiments.track_moments(m, m[1], split.x_test, every=5) for m in members]
+    train(members, split, 10, 0.5, seeds=seeds, progress=False, on_step=each(trackers))
+    for seed, tracker in zip(seeds, trackers, strict=True):
+        alone = built(make, seed)  # the same member trained on its own
+        single = experiments.track_moments(alone, alone[1], split.x_test, every=5)
+        train([alone], split, 10, 0.5, seeds=[seed], progress=False, on_step=each([single]))
+        assert tracker.steps == single.steps == [0, 5, 10]
+        torch.testing.assert_close(tracker.values, single.values, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(trackers[0].values[-1], trackers[1].values[-1])  # own seeds
+
+
+def test_moment_tracker_leaves_batch_norm_alone_and_rejects_bad_input():
+    torch.manual_seed(0)
+    model = models.mlp([3, 5, 2], activation="sigmoid", norm="bn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_mode = experiments.track_moments(model, model[2], torch.randn(30, 3) + 5,
+                                           batch_stats=True)
+    assert all(torch.equal(b, model.state_dict()[k]) for k, b in before.items())
+    torch.testing.assert_close(train_mode.values[0, 0], model[1].bias.detach())  # beta
+    with pytest.raises(ValueError, match="every"):
+        experiments.track_moments(model, model[1], torch.randn(5, 3), every=0)
+    with pytest.raises(RuntimeError, match="nothing recorded"):
+        _ = experiments.MomentTracker(model, model[1], torch.randn(5, 3)).values

@@ -117,6 +117,46 @@ def test_gradient_descent_one_step_when_perfectly_conditioned():
     assert landscape.gradient_descent(problem, 1.0).converged_at == 1
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("scales, means, correlation", [
+    ((1.0, 1.0), (0.0, 0.0), 0.0), ((1.0, 3.0), (0.0, 0.0), 0.0), ((1.0, 30.0), (0.0, 0.0), 0.0),
+    ((1.0, 10.0), (3.0, 5.0), 0.0), ((1.0, 1.0), (0.0, 0.0), 0.9), ((2.0, 5.0), (1.0, 3.0), -0.4),
+])
+def test_step_bounds_hold_the_step_count_on_any_draw(seed, scales, means, correlation):
+    x, y = landscape.two_features(scales=scales, means=means, correlation=correlation, seed=seed)
+    for features in (x, (x - x.amin(0)) / (x.amax(0) - x.amin(0))):  # raw and min-max scaled
+        problem = landscape.LeastSquares(features, y)
+        for alpha in (1.0, 1.9):
+            lr = alpha / problem.eigenvalues[-1].item()
+            low, high = landscape.step_bounds(problem, lr)
+            steps = landscape.gradient_descent(problem, lr).converged_at
+            assert low <= high
+            assert low - 1 <= steps <= high + 1, (alpha, low, steps, high)
+
+
+def test_step_bounds_edge_cases():
+    problem = landscape.LeastSquares(*landscape.two_features(scales=(1.0, 1.0)))
+    assert landscape.step_bounds(problem, 1.0) == (1.0, 1.0)  # a round bowl: one step lands
+    q = 0.9  # lr = 1.9 / lambda on the round bowl: every direction shrinks by 0.9 a step
+    expected = math.ceil(math.log(1e3) / -math.log(q))
+    assert landscape.step_bounds(problem, 1.9) == (expected, expected)
+    assert landscape.step_bounds(problem, 2.5) == (math.inf, math.inf)  # beyond 2 / lambda_max
+    assert landscape.step_bounds(problem, 0.5, start=problem.minimizer) == (0.0, 0.0)
+    x, y = landscape.two_features(scales=(1.0, 10.0))
+    problem = landscape.LeastSquares(x, y)
+    # all of the starting error along w2, the steep direction: the slow ones hold none of it
+    start = problem.minimizer + torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    low, high = landscape.step_bounds(problem, 0.5 / 100, start=start)
+    assert low == 0 and high == math.ceil(math.log(1e3) / -math.log(1 - 0.5 / 100))
+    assert landscape.gradient_descent(problem, 0.5 / 100, start=start).converged_at < 20
+    with pytest.raises(ValueError, match="lr must be positive"):
+        landscape.step_bounds(problem, 0.0)
+    with pytest.raises(ValueError, match="tol must be in"):
+        landscape.step_bounds(problem, 0.1, tol=1.0)
+    with pytest.raises(ValueError, match="size 3"):
+        landscape.step_bounds(problem, 0.1, start=torch.zeros(2))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"lr": 0.0}, "lr must be positive"),
     ({"lr": 0.1, "max_steps": 0}, "max_steps must be"),

@@ -16,7 +16,7 @@ import torch
 
 from .device import generator
 
-__all__ = ["Descent", "LeastSquares", "gradient_descent", "plot_landscape", "two_features"]
+__all__ = ["Descent", "LeastSquares", "gradient_descent", "plot_landscape", "step_bounds", "two_features"]
 
 
 def two_features(n: int = 200, scales=(1.0, 10.0), means=(0.0, 0.0), correlation: float = 0.0,
@@ -187,6 +187,44 @@ def gradient_descent(problem: LeastSquares, lr: float, start=None, max_steps: in
     err = torch.from_numpy(np.stack(errors))
     excess = 0.5 * ((err @ problem.hessian) * err).sum(1)
     return Descent(err + opt, excess + problem.min_loss, lr, converged_at, diverged)
+
+
+def step_bounds(problem: LeastSquares, lr: float, start=None, tol: float = 1e-3) -> tuple[float, float]:
+    """The law behind :func:`gradient_descent`'s step count: bounds ``(low, high)`` on ``converged_at``.
+
+    Each eigendirection ``i`` of ``H`` shrinks by ``|1 - lr * lambda_i|`` per step. With ``q`` the
+    largest of these factors, ``||e_k|| <= q^k ||e_0||``, so the error has shrunk to ``tol`` times
+    its start after at most ``high = ceil(ln(1/tol) / -ln q)`` steps; and the part of the starting
+    error along the directions that shrink by ``q``, a share ``f`` of it, alone needs
+    ``low = ceil(ln(f/tol) / -ln q)`` steps (0 when ``f <= tol``). Both are inf when ``q >= 1``
+    (no convergence), and ``(1, 1)`` when ``q = 0`` (one step lands on the minimum). Float rounding
+    can move a count across a bound by a step when it lies on one.
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if not 0 < tol < 1:
+        raise ValueError(f"tol must be in (0, 1), got {tol}")
+    opt = problem.minimizer
+    theta = torch.zeros_like(opt) if start is None else problem._theta(start)
+    if theta.shape != opt.shape:
+        raise ValueError(f"start must have shape {tuple(opt.shape)}, got {tuple(theta.shape)}")
+    lam, vec = torch.linalg.eigh(problem.hessian)
+    factors = (1 - lr * lam).abs()
+    q = factors.max().item()
+    e0 = theta - opt
+    norm = e0.norm().item()
+    if norm <= 1e-12 * max(1.0, opt.norm().item()):  # starts at the minimum, to rounding
+        return 0.0, 0.0
+    if q >= 1:
+        return math.inf, math.inf
+    if q <= 1e-12:
+        return 1.0, 1.0
+    slowest = factors >= q * (1 - 1e-9)
+    share = (vec[:, slowest].T @ e0).norm().item() / norm
+    per_step = -math.log(q)
+    high = math.ceil(math.log(1 / tol) / per_step)
+    low = 0 if share <= tol else math.ceil(math.log(share / tol) / per_step)
+    return float(low), float(high)
 
 
 def plot_landscape(ax, problem: LeastSquares, path: torch.Tensor | None = None, dims=(0, 1),
