@@ -163,6 +163,9 @@ def test_evaluations_are_those_of_each_member_alone():
         assert runs.test_loss[i, -1].item() == pytest.approx(loss, rel=1e-5)
         loss, acc = bn.lab.trainer.evaluate(model, data.x_train, data.y_train)
         assert runs.train_loss[i, -1].item() == pytest.approx(loss, rel=1e-5)
+    quick = train(_build("bn"), data, 12, 0.2, seeds=[0, 1], batch_size=16, eval_every=5,
+                  progress=False, eval_train=False)
+    assert torch.isnan(quick.train_acc).all() and torch.equal(quick.test_acc, runs.test_acc)
 
 
 def test_a_diverging_member_leaves_the_others_alone():

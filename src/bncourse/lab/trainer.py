@@ -206,6 +206,7 @@ def train(
     bn_eval: bool = False,
     on_step: Callable[[int, list[nn.Module], tuple[torch.Tensor, torch.Tensor]], None] | None = None,
     progress: bool = True,
+    eval_train: bool = True,
 ) -> Runs:
     """Train one member per seed, all at once, with cross-entropy and plain SGD; returns :class:`Runs`.
 
@@ -222,6 +223,8 @@ def train(
     used) and their batches ``(x, y)``, shapes (S, B, ...) and (S, B); :func:`each` turns one probe
     per member into one ``on_step``.
     A member whose loss becomes NaN carries on with NaN weights; the others are unaffected.
+    ``eval_train=False`` evaluates on the test set only (``train_loss`` and ``train_acc`` are then
+    NaN): in a sweep evaluated often, the whole training set costs more than the training.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -258,9 +261,12 @@ def train(
     runs = Runs(members, seeds, lrs, torch.full((size, steps), float("nan"), dtype=torch.float64))
     evals: list[tuple[torch.Tensor, ...]] = []
 
+    skipped = (torch.full((size,), float("nan")),) * 2
+
     def record(step: int) -> None:
         runs.eval_step.append(step)
-        evals.append((*_evaluate(stack, x, y, own), *_evaluate(stack, data.x_test, data.y_test, own)))
+        on_train = _evaluate(stack, x, y, own) if eval_train else skipped
+        evals.append((*on_train, *_evaluate(stack, data.x_test, data.y_test, own)))
 
     record(0)
     bar = tqdm(range(1, steps + 1), disable=not progress, desc="training", leave=False)
@@ -285,7 +291,7 @@ def train(
         for m in members:
             m.zero_grad(set_to_none=True)
     runs.train_loss, runs.train_acc, runs.test_loss, runs.test_acc = (
-        torch.stack(col, 1).double().cpu() for col in zip(*evals, strict=True))
+        torch.stack([c.cpu() for c in col], 1).double() for col in zip(*evals, strict=True))
     return runs
 
 
