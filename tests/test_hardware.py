@@ -12,14 +12,16 @@ from bncourse.lab import hardware
 
 def test_the_roof_is_measured_beside_the_kernels():
     x = torch.randn(64, 256)
-    timing = hardware.time_with_roof({"double": lambda: x * 2}, x, reps=3, matmul=32)
+    timing = hardware.time_with_roof({"double": lambda: x * 2}, x, reps=3, matmul=(16, 32))
     assert set(timing.seconds) == {"double"} and len(timing.samples["double"]) == 3
-    assert timing.peak_gflops > 0 and timing.roof.nbytes == x.numel() * 4
+    assert set(timing.matmul_gflops) == {16, 32} and timing.roof.nbytes == x.numel() * 4
+    assert timing.peak_gflops == max(timing.matmul_gflops.values()) > 0
     for kind in ("read", "write", "copy"):
         slowest, median, best = timing.roof.spread(kind)
         assert 0 < slowest <= median <= best == timing.roof.gbps(kind)
-    with pytest.raises(ValueError, match=r"names \['copy'\] are the roof's own"):
-        hardware.time_with_roof({"copy": lambda: None}, x, reps=1)
+    assert "matmul 16" not in timing.samples
+    with pytest.raises(ValueError, match=r"names \['copy', 'matmul 8'\] are the roof's own"):
+        hardware.time_with_roof({"copy": print, "matmul 8": print}, x, reps=1, matmul=(8,))
 
 
 def test_a_mix_pairs_reads_with_writes_at_the_copys_rate():

@@ -20,7 +20,7 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -147,8 +147,13 @@ class Timing:
     seconds: dict[str, float]
     samples: dict[str, list[float]]
     roof: Roof
-    peak_gflops: float | None = None
+    matmul_gflops: dict[int, float] = field(default_factory=dict)  # best GFLOP/s of each size n
     mixes: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(MIXES))
+
+    @property
+    def peak_gflops(self) -> float | None:
+        """The arithmetic roof: the best GFLOP/s of the matrix products, if any were timed."""
+        return max(self.matmul_gflops.values(), default=None)
 
     def bound(self, mode: str) -> float:
         """Seconds of the bound for ``mode`` (a key of :data:`MIXES`)."""
@@ -164,23 +169,28 @@ class Timing:
         return self.bound(mode) / self.seconds[name]
 
 
+def _matmul(n: int, device: torch.device) -> Callable[[], object]:
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    return lambda: a @ b
+
+
 def time_with_roof(fns: dict[str, Callable[[], object]], x: torch.Tensor, reps: int = 20,
-                   warmup: int = 3, matmul: int | None = None) -> Timing:
-    """Time ``fns`` interleaved with the roof's streams over ``x`` (and, with ``matmul=n``, an
-    ``n x n`` float32 matrix product, the friendliest arithmetic there is, for the arithmetic roof).
+                   warmup: int = 3, matmul: Sequence[int] = ()) -> Timing:
+    """Time ``fns`` interleaved with the roof's streams over ``x``.
+
+    With ``matmul=(n, ...)``, ``n x n`` float32 matrix products (the friendliest arithmetic there
+    is) are timed too: the arithmetic roof is the most GFLOP/s any of them reached.
     """
     streams = stream_fns(x)
-    clash = sorted(set(fns) & (set(streams) | {"matmul"}))
+    products = {f"matmul {n}": (n, _matmul(n, x.device)) for n in matmul}
+    clash = sorted(set(fns) & (set(streams) | set(products)))
     if clash:
         raise ValueError(f"names {clash} are the roof's own; name the kernels otherwise")
-    timed = {**fns, **streams}
-    if matmul:
-        a, b = (torch.randn(matmul, matmul, device=x.device) for _ in range(2))
-        timed["matmul"] = lambda: a @ b
+    timed = {**fns, **streams, **{name: fn for name, (_, fn) in products.items()}}
     samples = time_samples(timed, reps, warmup, x.device)
     roof = Roof(x.numel() * x.element_size(), {k: samples.pop(k) for k in streams})
-    peak = 2 * matmul**3 / min(samples.pop("matmul")) / 1e9 if matmul else None
-    return Timing({k: statistics.median(v) for k, v in samples.items()}, samples, roof, peak)
+    matmul_gflops = {n: 2 * n**3 / min(samples.pop(name)) / 1e9 for name, (n, _) in products.items()}
+    return Timing({k: statistics.median(v) for k, v in samples.items()}, samples, roof, matmul_gflops)
 
 
 class _ReadableFunction(torch.autograd.Function):
