@@ -9,6 +9,9 @@
 #                      nbgrader's generate_assignment releases them)
 #   make book-student  the book without solutions, into _build/student/_build/html
 #   make robust        every notebook under two other draws of all its seeds (not part of `test`)
+#   make gpu-check     on a machine with CUDA GPUs: the CUDA tests, the benchmark with Triton,
+#                      SyncBatchNorm over NCCL on every GPU, chapter 7 on the GPU; a report in
+#                      _build/gpu-check/report.md (stops at once without a GPU)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,7 +19,7 @@ STAMP := $(VENV)/.installed
 # the `bncourse` command, also in a venv installed before it moved
 BNCOURSE := $(BIN)/python -m bncourse.teach.instructor.cli
 
-.PHONY: book book-student student-edition test lint unit book-check browser lab bench robust clean
+.PHONY: book book-student student-edition test lint unit book-check browser lab bench robust gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +86,9 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bncourse.lab.bench
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m bncourse.lab.gpucheck --out _build/gpu-check
 
 clean:
 	rm -rf _build .pytest_cache
