@@ -11,6 +11,9 @@
 #   make book-student  the book without solutions, into _build/student/_build/html (and zh_CN/)
 #   make locales       refresh the Chinese catalogs (locales/) from the English pages
 #   make robust        every notebook under two other draws of all its seeds (not part of `test`)
+#   make gpu-check     on a machine with CUDA GPUs: the CUDA tests, the benchmark with Triton,
+#                      SyncBatchNorm over NCCL on every GPU, chapter 7 on the GPU; a report in
+#                      _build/gpu-check/report.md (stops at once without a GPU)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -20,7 +23,7 @@ BNCOURSE := $(BIN)/python -m bncourse.teach.instructor.cli
 I18N := $(BIN)/python -m bncourse.teach.i18n
 
 .PHONY: book book-student student-edition test lint unit book-check browser lab bench robust locales \
-	locales-check clean
+	locales-check gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -122,6 +125,9 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bncourse.lab.bench
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m bncourse.lab.gpucheck --out _build/gpu-check
 
 clean:
 	rm -rf _build .pytest_cache

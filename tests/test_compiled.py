@@ -89,3 +89,21 @@ def test_generated_code_shows_the_mean_over_the_batch_in_two_stages(monkeypatch)
     monkeypatch.setenv("CXX", "no-such-compiler++")
     with pytest.raises(RuntimeError, match="cannot show compiled code: .*no C\\+\\+ compiler"):
         compiled.generated_code(lambda t: t.sum(0), x)
+
+
+def test_generated_codes_give_the_forward_and_the_backward():
+    x = torch.randn(SHAPE, requires_grad=True)
+    w, b = torch.ones(SHAPE[1], requires_grad=True), torch.zeros(SHAPE[1], requires_grad=True)
+    codes = compiled.generated_codes(lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True),
+                                     x, w, b, two_stage_sums=False, grad=torch.randn(SHAPE))
+    assert len(codes) == 2 and all(bn.hardware.loop_nest(code) for code in codes)
+    assert x.grad is not None and w.grad is not None
+
+
+def test_the_compiled_path_keeps_what_the_eager_one_keeps():
+    # x and per-channel vectors (the weight, the mean, 1/std), as chapter 7 counts them
+    x = torch.randn(SHAPE, requires_grad=True)
+    w, b = torch.ones(SHAPE[1], requires_grad=True), torch.zeros(SHAPE[1], requires_grad=True)
+    kept = bn.hardware.saved_bytes(
+        lambda *a: bn.functional.batch_norm(*a, training=True, compiled=True), x, None, None, w, b)
+    assert x.numel() * 4 <= kept <= x.numel() * 4 + 3 * SHAPE[1] * 4

@@ -7,19 +7,56 @@ import torch
 import torch.nn.functional as TF
 
 import bncourse as bn
-from bncourse.lab import bench, hardware
+from bncourse.lab import hardware
 
 
-def test_roofs_are_positive_numbers():
-    assert hardware.copy_bandwidth(1 << 16, reps=3) > 0
-    assert all(roof > 0 for roof in hardware.roofs(1 << 16, 64, reps=3))
+def test_the_roof_is_measured_beside_the_kernels():
+    x = torch.randn(64, 256)
+    timing = hardware.time_with_roof({"double": lambda: x * 2}, x, reps=3, matmul=(16, 32))
+    assert set(timing.seconds) == {"double"} and len(timing.samples["double"]) == 3
+    assert set(timing.matmul_gflops) == {16, 32} and timing.roof.nbytes == x.numel() * 4
+    assert timing.peak_gflops == max(timing.matmul_gflops.values()) > 0
+    for kind in ("read", "write", "copy"):
+        slowest, median, best = timing.roof.spread(kind)
+        assert 0 < slowest <= median <= best == timing.roof.gbps(kind)
+    assert "matmul 16" not in timing.samples
+    with pytest.raises(ValueError, match=r"names \['copy', 'matmul 8'\] are the roof's own"):
+        hardware.time_with_roof({"copy": print, "matmul 8": print}, x, reps=1, matmul=(8,))
 
 
-def test_kernel_steps_compute_the_gradients():
-    inputs = bench.make_inputs((16, 3), torch.device("cpu"))
-    for kernels in (bn.functional, bn.tuned):
-        dx, dgamma, dbeta = hardware.kernel_step(kernels, inputs)()
-        torch.testing.assert_close(dbeta, inputs["dy"].sum(0))
+def test_a_mix_pairs_reads_with_writes_at_the_copys_rate():
+    # best seconds per tensor: read 1, write 2, copy (one read and one write) 2.5
+    roof = hardware.Roof(10**9, {"read: sum": [1.5, 1.0], "read: amax": [1.2, 1.1],
+                                 "write: fill": [2.0, 3.0], "copy": [2.5, 4.0]})
+    assert roof.seconds(1, 1) == 2.5 and roof.seconds(3, 2) == 2 * 2.5 + 1.0
+    assert roof.seconds(0, 2) == 4.0 and roof.gbps("copy") == 2 / 2.5
+    assert roof.bound_gbps(3, 2) == pytest.approx(5 / 6)
+    assert roof.spread("read") == (1 / 1.5, 1 / 1.25, 1.0)
+    # a copy slower than a read and a write one after the other: they are the bound
+    slow_copy = hardware.Roof(10**9, {"read: sum": [1.0], "write: fill": [2.0], "copy": [4.0]})
+    assert slow_copy.seconds(1, 1) == 3.0
+    with pytest.raises(ValueError, match="expected a stream kind"):
+        roof.gbps("flops")
+    timing = hardware.Timing({"k": 10.0}, {"k": [10.0]}, roof)
+    assert timing.share("k", "train fwd+bwd") == pytest.approx(0.6)
+    assert timing.gbps("k", "eval") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_readable_batch_norm_is_torchs_batch_norm_on_the_readable_kernels(training):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, 4, generator=g, dtype=torch.float64) * 3 + 2
+    results = []
+    for fn in (hardware.readable_batch_norm, TF.batch_norm):
+        xs = x.clone().requires_grad_()
+        w = torch.linspace(0.5, 1.5, 3, dtype=torch.float64, requires_grad=True)
+        b = torch.linspace(-1, 1, 3, dtype=torch.float64, requires_grad=True)
+        stats = [torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)]
+        out = fn(xs, *stats, w, b, training=training, momentum=0.3)
+        out.backward(torch.cos(out.detach()))
+        results.append([out, xs.grad, w.grad, b.grad, *stats])
+    for ours, torchs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, torchs)
 
 
 def test_saved_bytes_counts_what_the_backward_keeps():

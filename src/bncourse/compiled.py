@@ -27,7 +27,7 @@ from . import kernels as F
 from .tuned import batch_norm_backward_fused, batch_norm_forward
 
 __all__ = ["available", "backward", "batch_norm_eval", "batch_norm_train", "batch_sum", "compile_kernel",
-           "forward", "generated_code"]
+           "forward", "generated_code", "generated_codes"]
 
 aten = torch.ops.aten
 BLOCK_ELEMENTS = 1 << 14  # a block of rows of batch_sum: 64 KiB of float32, which stays in cache
@@ -102,7 +102,12 @@ def _available(device_type: str, cxx: str | None) -> str | None:
 
 
 def compile_kernel(fn):
-    """``torch.compile(fn)`` as this module compiles its kernels (a stated C++ vector width)."""
+    """``torch.compile(fn)`` as this module compiles its kernels (a stated C++ vector width).
+
+    Compile other functions with it too where they run beside these kernels and under other
+    ``ATEN_CPU_CAPABILITY`` settings (the benchmark's ``torch.compile`` of PyTorch's batch norm):
+    the same code, with a cache entry that cannot be mistaken for another width's.
+    """
     # The vector width of the C++ code, stated: Inductor's disk cache does not tell apart code written
     # for AVX-512 from code for AVX2 (ATEN_CPU_CAPABILITY=avx2), and reusing one under the other skips
     # half the channels. A stated width is part of the cache key.
@@ -115,21 +120,34 @@ def compile_kernel(fn):
 _compiled = functools.cache(compile_kernel)
 
 
-def generated_code(fn, *args, two_stage_sums: bool = True) -> str:
+def generated_codes(fn, *args, two_stage_sums: bool = True, grad: torch.Tensor | None = None) -> list[str]:
     """The code Inductor writes for ``fn(*args)``, compiled as this module compiles its kernels.
 
-    ``two_stage_sums=False`` leaves Inductor's own lowering of sums over dim 0 (no :func:`batch_sum`).
-    Compiling resets ``torch.compile``'s in-memory cache; the kernels compiled before are loaded
-    again from Inductor's disk cache on their next call.
+    With ``grad``, the output's backward runs too (``out.backward(grad)``), and the backward's code
+    follows the forward's. ``two_stage_sums=False`` leaves Inductor's own lowering of sums over dim 0
+    (no :func:`batch_sum`). Compiling resets ``torch.compile``'s in-memory cache; the kernels compiled
+    before are loaded again from Inductor's disk cache on their next call.
     """
     from torch._inductor.utils import run_and_get_code
 
     reason = available(args[0].device)
     if reason is not None:
         raise RuntimeError(f"cannot show compiled code: {reason}")
+    compiled_fn = compile_kernel(fn)
+
+    def call():
+        out = compiled_fn(*args)
+        if grad is not None:
+            out.backward(grad)
+
     with _split_batch_sums() if two_stage_sums else contextlib.nullcontext():
-        _, codes = run_and_get_code(compile_kernel(fn), *args)
-    return codes[0]
+        _, codes = run_and_get_code(call)
+    return codes
+
+
+def generated_code(fn, *args, two_stage_sums: bool = True) -> str:
+    """The code Inductor writes for ``fn(*args)`` (its forward): :func:`generated_codes`' first."""
+    return generated_codes(fn, *args, two_stage_sums=two_stage_sums)[0]
 
 
 def forward(x, gamma, beta, eps):

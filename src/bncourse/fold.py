@@ -8,9 +8,11 @@ The folded model computes the same function with one layer and one pass over mem
 """
 
 import copy
+import warnings
+from collections import Counter
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from . import kernels as F
 from . import nn as bnn
@@ -51,14 +53,63 @@ def fold_batch_norm(layer: nn.Module, batch_norm: nn.Module) -> nn.Module:
     return folded
 
 
-def fold_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for inference, every Linear/Conv followed by a batch norm folded into one.
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with the layers folding works on kept whole (ours too, not only torch's)."""
 
-    Pairs are found inside ``nn.Sequential`` containers, at any depth (in other modules the order of
-    the children need not be the order of the computation). Each folded batch norm is replaced by
-    ``nn.Identity``. The copy is in eval mode; ``model`` is left as it is.
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, FOLDABLE + BATCH_NORMS) or super().is_leaf_module(m, qualname)
+
+
+def fold_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for inference, every Linear/Conv whose output goes only into a batch norm
+    folded with it into one layer.
+
+    The pairs are found in the model's computation, traced by ``torch.fx`` as PyTorch's own fusion
+    (``torch.fx.experimental.optimization.fuse``) finds them: at any depth and whatever the
+    attributes are called (torchvision's ``conv1``/``bn1`` too). A pair is left unfolded when the
+    layer's output is also used elsewhere, or when the layer or the batch norm is called more than
+    once. The copy is a ``torch.fx.GraphModule`` in eval mode, without the folded batch norms;
+    ``model`` is left as it is.
+
+    A model that torch.fx cannot trace (control flow that depends on the data) is folded the way
+    its ``nn.Sequential`` containers show, neighbour by neighbour, with a warning: there the order of
+    other modules' children need not be the order of the computation.
     """
     model = copy.deepcopy(model).eval()
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # fx raises many kinds: TraceError, TypeError, ...
+        warnings.warn(f"fold_model: torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: "
+                      f"{e}); folding only neighbours inside nn.Sequential containers",
+                      RuntimeWarning, stacklevel=2)
+        return _fold_sequentials(model)
+    modules = dict(model.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    for node in list(graph.nodes):
+        norm = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(norm, BATCH_NORMS) or len(node.args) != 1 or node.kwargs:
+            continue
+        source = node.args[0]
+        layer = modules.get(source.target) if isinstance(source, fx.Node) \
+            and source.op == "call_module" else None
+        if isinstance(layer, FOLDABLE) and _foldable(layer, norm) and len(source.users) == 1 \
+                and calls[source.target] == 1 and calls[node.target] == 1:
+            parent, _, name = source.target.rpartition(".")
+            setattr(model.get_submodule(parent), name, fold_batch_norm(layer, norm))
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+    folded = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    folded.delete_all_unused_submodules()
+    return folded.eval()
+
+
+def _foldable(layer: nn.Module, batch_norm: nn.Module) -> bool:
+    return batch_norm.running_mean is not None and batch_norm.num_features == layer.weight.shape[0]
+
+
+def _fold_sequentials(model: nn.Module) -> nn.Module:
+    """Fold neighbours inside ``nn.Sequential`` containers, in place; each folded batch norm becomes
+    ``nn.Identity``."""
     for module in model.modules():
         if not isinstance(module, nn.Sequential):
             continue
@@ -66,7 +117,7 @@ def fold_model(model: nn.Module) -> nn.Module:
         for first, second in zip(names, names[1:], strict=False):
             layer, batch_norm = module._modules[first], module._modules[second]
             if isinstance(layer, FOLDABLE) and isinstance(batch_norm, BATCH_NORMS) \
-                    and batch_norm.running_mean is not None:
+                    and _foldable(layer, batch_norm):
                 module._modules[first] = fold_batch_norm(layer, batch_norm)
                 module._modules[second] = nn.Identity()
     return model

@@ -1,37 +1,74 @@
 """Benchmark: this package's ``batch_norm`` against PyTorch's, on the default device.
 
-    python -m bncourse.lab.bench            # full run
-    python -m bncourse.lab.bench --quick    # fewer repetitions
+    python -m bncourse.lab.bench            # five runs (make bench)
+    python -m bncourse.lab.bench --quick    # fewer repetitions per run
+    python -m bncourse.lab.bench --runs 9 --device cuda
 
-Three contenders: PyTorch's ``torch.nn.functional.batch_norm``, ours with the eager kernels
-(:mod:`bncourse.tuned`) and ours compiled (``compiled=True``, :mod:`bncourse.compiled`). Times are
-medians of interleaved runs (the contenders alternate, so drifting clocks and caches hurt all alike);
-the compiled path's first call, which compiles, is timed apart. GB/s counts the bytes a fused kernel
-must move at least: forward reads x and writes y; forward+backward adds reading dy and x and writing
-dx. The roof is the measured bandwidth of copying a tensor of the input's size. Peak memory is
-measured per case in a fresh process on the CPU (the growth of the resident-set high-water mark,
-with glibc told to return every large block to the OS on free so that RSS follows the live tensors)
-and with ``max_memory_allocated`` on CUDA; it is reported in input-sized tensors above the inputs.
+Four contenders, each called as ``torch.nn.functional.batch_norm`` is, through the same step
+(autograd, the backward and the running-statistics update in training; ``torch.no_grad`` in eval):
+PyTorch's ``batch_norm``; the peer a user would try first, ``torch.compile`` of PyTorch's
+``batch_norm``; ours with the eager kernels (:mod:`bncourse.tuned`); ours compiled (``compiled=True``,
+:mod:`bncourse.compiled`). The compiled paths' first calls, which compile (or load Inductor's disk
+cache), are timed apart.
+
+A run times every contender interleaved with the roof's streams (a read, a write and a copy of a
+tensor of the input's size: :func:`~bncourse.lab.hardware.time_with_roof`), each the median of its
+repetitions.
+The bench makes several runs, one after another, and reports for each contender the median over
+the runs with their minimum and maximum; the ratios to PyTorch and to ``torch.compile`` are taken
+between those medians. The bound of a mode is the fewest seconds in which the tensors it must move
+can be read and written (:data:`~bncourse.lab.hardware.MIXES`; its best over the runs), and each
+contender's share of it is the bound over its median time.
+
+Peak memory is measured per case in a fresh process on the CPU (the growth of the resident-set
+high-water mark, with glibc told to return every large block to the OS on free so that RSS follows
+the live tensors) and with ``max_memory_allocated`` on CUDA; it is reported in input-sized tensors
+above the inputs.
 """
 
 import argparse
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as TF
 
+from .. import compiled as C
 from .. import functional as F
 from .device import default_device, generator
-from .hardware import TENSOR_PASSES, copy_bandwidth, sync, time_interleaved
+from .hardware import MIXES, first_call, readable_batch_norm, sync, time_with_roof
 
 SHAPES = [(16384, 256), (32, 64, 56, 56)]
-IMPLS = {"torch": TF.batch_norm, "eager": F.batch_norm,
-         "compiled": functools.partial(F.batch_norm, compiled=True)}
+CONTENDERS = ("torch", "torch.compile", "ours eager", "ours compiled")
+COMPILED = ("torch.compile", "ours compiled")
+OURS = "ours compiled"  # the path the worst ratio is about
+
+
+@functools.cache
+def _torch_compiled():
+    # torch.compile with the vector width stated, so that Inductor's disk cache does not hand code
+    # written for one width to a run under another (bncourse.compiled.compile_kernel)
+    return C.compile_kernel(TF.batch_norm)
+
+
+def contender(name: str):
+    """The function, with ``torch.nn.functional.batch_norm``'s signature, that ``name`` runs: one of
+    :data:`CONTENDERS`, or ``"readable"`` (the readable kernels, which the chapter measures too)."""
+    if name == "readable":
+        return readable_batch_norm
+    if name == "torch":
+        return TF.batch_norm
+    if name == "torch.compile":
+        return _torch_compiled()
+    if name == "ours eager":
+        return F.batch_norm
+    if name == "ours compiled":
+        return functools.partial(F.batch_norm, compiled=True)
+    raise ValueError(f"expected one of {', '.join(CONTENDERS)} or 'readable', got {name!r}")
 
 
 def make_inputs(shape, device, seed=0):
@@ -49,6 +86,7 @@ def make_inputs(shape, device, seed=0):
 
 
 def train_step(fn, t):
+    """One training step of ``fn``: forward, backward of ``dy``, running statistics updated."""
     y = fn(t["x"], t["running_mean"], t["running_var"], t["weight"], t["bias"], training=True)
     y.backward(t["dy"])
     for p in (t["x"], t["weight"], t["bias"]):
@@ -63,14 +101,22 @@ def eval_step(fn, t):
 MODES = {"train fwd+bwd": train_step, "eval": eval_step}
 
 
+def measure(inputs, mode, names=CONTENDERS, reps=30):
+    """One run: ``names`` in ``mode`` on ``inputs``, interleaved with the roof's streams."""
+    step = MODES[mode]
+    fns = {name: functools.partial(step, contender(name), inputs) for name in names}
+    return time_with_roof(fns, inputs["x"], reps=reps)
+
+
 def peak_memory(impl, shape, device):
     """Peak memory of one train forward+backward above its inputs, in input-sized tensors."""
     if device.type == "cuda":
         t = make_inputs(shape, device)
+        train_step(contender(impl), t)  # compile first, where it compiles
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        train_step(IMPLS[impl], t)
+        train_step(contender(impl), t)
         torch.cuda.synchronize(device)
         extra = torch.cuda.max_memory_allocated(device) - base
     elif device.type == "cpu" and sys.platform == "linux":
@@ -95,65 +141,119 @@ def proc_status_bytes(key: str) -> int:
 def cpu_peak_child(impl, shape):
     """Run in a fresh process (Linux): print the growth of peak RSS, in bytes, over one train step."""
     t = make_inputs(shape, torch.device("cpu"))
-    train_step(IMPLS[impl], t)  # load kernels and thread pools before the baseline
+    train_step(contender(impl), t)  # load kernels and thread pools (and compile) before the baseline
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the RSS high-water mark (VmHWM) to the current RSS
     before = proc_status_bytes("VmRSS")
-    train_step(IMPLS[impl], t)
+    train_step(contender(impl), t)
     print(json.dumps(proc_status_bytes("VmHWM") - before))
 
 
-def first_call_seconds(step, inputs, device) -> float:
-    """Seconds of the compiled path's first call: compilation, or loading it from Inductor's cache."""
+def first_call_seconds(name, step, inputs, device) -> float:
+    """Seconds of a compiled contender's first call: compilation, or loading Inductor's cache."""
     sync(device)
-    start = time.perf_counter()
-    step(IMPLS["compiled"], inputs)
-    sync(device)
-    return time.perf_counter() - start
+    seconds, _ = first_call(lambda: (step(contender(name), inputs), sync(device)))
+    return seconds
 
 
-def run(quick: bool = False, device=None) -> float:
-    """Print the table; return the worst ratio of the compiled path's time to PyTorch's."""
+def summarize(timings, mode):
+    """Medians over the runs (with their min and max), the bound and each contender's share of it."""
+    names = list(timings[0].seconds)
+    per_run = {name: [t.seconds[name] for t in timings] for name in names}
+    median = {name: statistics.median(ts) for name, ts in per_run.items()}
+    bound = min(t.bound(mode) for t in timings)
+    return {
+        "median": median,
+        "min": {name: min(ts) for name, ts in per_run.items()},
+        "max": {name: max(ts) for name, ts in per_run.items()},
+        "bound": bound,
+        "share": {name: bound / s for name, s in median.items()},
+        "roof": [t.roof.bound_gbps(*MIXES[mode]) for t in timings],
+    }
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def print_summary(shape, mode, s, nbytes):
+    reads, writes = MIXES[mode]
+    roof = s["roof"]
+    print(f"{_shape(shape)} {mode}: reads {reads} and writes {writes} tensors of "
+          f"{nbytes / 2**20:.1f} MiB at least")
+    print(f"  bound {s['bound'] * 1e3:.3f} ms: roof {max(roof):.1f} GB/s, its best per run "
+          f"{min(roof):.1f} to {max(roof):.1f} GB/s")
+    print(f"  {'contender':<14} {'median ms':>9} {'min - max over runs':>21} {'of bound':>8} "
+          f"{'vs torch':>8} {'vs torch.compile':>16}")
+    med = s["median"]
+    for name in med:
+        spread = f"{s['min'][name] * 1e3:.3f} - {s['max'][name] * 1e3:.3f}"
+        peer = f"{med[name] / med['torch.compile']:.2f}" if "torch.compile" in med else "-"
+        flag = "  above its bound!" if s["share"][name] > 1 else ""
+        print(f"  {name:<14} {med[name] * 1e3:>9.3f} {spread:>21} {s['share'][name]:>8.0%} "
+              f"{med[name] / med['torch']:>8.2f} {peer:>16}{flag}")
+
+
+def run(quick: bool = False, device=None, runs: int = 5, memory: bool = True) -> float:
+    """Print the tables; return the worst ratio of the compiled path's median time to PyTorch's."""
     device = device or default_device()
     reps = 7 if quick else 30
-    print(f"bncourse benchmark on {device} (torch {torch.__version__}, {torch.get_num_threads()} threads), "
-          f"float32, median of {reps} interleaved runs")
-    header = (f"{'shape':<17} {'mode':<13} {'compile s':>9} {'torch ms':>8} {'eager ms':>8} "
-              f"{'comp ms':>8} {'roof GB/s':>9} {'torch %':>7} {'comp %':>6} {'eager/t':>7} {'comp/t':>6}")
-    print(header)
-    print("-" * len(header))
-    worst = 0.0
+    if runs < 1:
+        raise ValueError(f"expected at least one run, got runs={runs}")
+    names = list(CONTENDERS)
+    reason = C.available(device)
+    if reason is not None:  # ours falls back to the eager kernels with a warning; the peer cannot
+        names.remove("torch.compile")
+        print(f"no compiler here ({reason}): no torch.compile column, ours compiled runs eagerly")
+    threads = torch.get_num_threads()
+    print(f"bncourse benchmark on {device} (torch {torch.__version__}, {threads} "
+          f"thread{'s' if threads > 1 else ''}), float32: {runs} runs, each the median of {reps} "
+          "interleaved calls")
+    inputs = {shape: make_inputs(shape, device) for shape in SHAPES}
+    print("first calls of the compiled paths (compiling, or loading Inductor's disk cache):")
     for shape in SHAPES:
-        inputs = make_inputs(shape, device)
-        nbytes = inputs["x"].numel() * inputs["x"].element_size()
-        roof = copy_bandwidth(nbytes, device, reps=reps)
         for mode, step in MODES.items():
-            compile_s = first_call_seconds(step, inputs, device)
-            fns = {name: functools.partial(step, fn, inputs) for name, fn in IMPLS.items()}
-            ms = {k: v * 1e3 for k, v in time_interleaved(fns, reps, device=device).items()}
-            ratio = ms["compiled"] / ms["torch"]
-            worst = max(worst, ratio)
-            pct = {k: 100 * TENSOR_PASSES[mode] * nbytes / (v * 1e-3) / 1e9 / roof for k, v in ms.items()}
-            print(f"{str(shape):<17} {mode:<13} {compile_s:>9.1f} {ms['torch']:>8.2f} {ms['eager']:>8.2f} "
-                  f"{ms['compiled']:>8.2f} {roof:>9.1f} {pct['torch']:>6.0f}% {pct['compiled']:>5.0f}% "
-                  f"{ms['eager'] / ms['torch']:>7.2f} {ratio:>6.2f}")
-    print("(% = the fraction of the copy roof: bytes a fused kernel must move / time / copy bandwidth)")
+            firsts = {name: first_call_seconds(name, step, inputs[shape], device)
+                      for name in COMPILED if name in names}
+            print(f"  {_shape(shape):<17} {mode:<13} "
+                  + "   ".join(f"{name} {s:.1f} s" for name, s in firsts.items()))
+    timings = {(shape, mode): [] for shape in SHAPES for mode in MODES}
+    for _ in range(runs):  # each run goes through every case, so a slow spell hits one run
+        for shape in SHAPES:
+            for mode in MODES:
+                timings[shape, mode].append(measure(inputs[shape], mode, names, reps))
     print()
-    print("peak memory of one train forward+backward, above the inputs (in input-sized tensors):")
-    for shape in SHAPES:
-        peaks = {impl: peak_memory(impl, shape, device) for impl in IMPLS}
-        print(f"  {str(shape):<18} " + "   ".join(f"{k} {v:.2f}" for k, v in peaks.items()))
+    worst, worst_peer = 0.0, 0.0
+    for (shape, mode), ts in timings.items():
+        s = summarize(ts, mode)
+        print_summary(shape, mode, s, ts[0].roof.nbytes)
+        print()
+        worst = max(worst, s["median"][OURS] / s["median"]["torch"])
+        if "torch.compile" in s["median"]:
+            worst_peer = max(worst_peer, s["median"][OURS] / s["median"]["torch.compile"])
+    print("(of bound: the bound's time over the median time; the bound reads and writes what the")
+    print(" mode must move at least, at the best rate this machine's streams reached beside it)")
     print()
+    if memory:
+        print("peak memory of one train forward+backward, above the inputs (in input-sized tensors):")
+        for shape in SHAPES:
+            peaks = {impl: peak_memory(impl, shape, device) for impl in names}
+            print(f"  {_shape(shape):<17} " + "   ".join(f"{k} {v:.2f}" for k, v in peaks.items()))
+        print()
+    if "torch.compile" in names:
+        print(f"worst ratio vs torch.compile: {worst_peer:.2f}")
     print(f"worst ratio vs torch: {worst:.2f}")
     return worst
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bncourse.lab.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions in each run")
+    parser.add_argument("--runs", type=int, default=5, help="runs, one after another (default 5)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory table")
     parser.add_argument("--device", help="device to run on (default: bncourse.default_device())")
     args = parser.parse_args(argv)
-    run(args.quick, torch.device(args.device) if args.device else None)
+    run(args.quick, torch.device(args.device) if args.device else None, args.runs, not args.no_memory)
 
 
 if __name__ == "__main__":
