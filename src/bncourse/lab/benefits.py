@@ -257,14 +257,56 @@ def head_probe(model: nn.Module, x: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------ noisy BN
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor | int, c: int) -> torch.Tensor | int:
+    """``(x * c) mod 2**32`` for ``0 <= x, c < 2**32``, without overflowing int64."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(h: torch.Tensor | int) -> torch.Tensor | int:
+    """MurmurHash3's 32-bit finalizer: a bijection that flips each output bit for about half of
+    the changes of any input bit."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def unit_uniform(key: torch.Tensor, counter: int, stream: int = 0) -> torch.Tensor:
+    """One draw from U(0, 1) per unit, float64: a fixed function of the unit's ``key`` (int64, in
+    ``[0, 2**31)``), a ``counter`` (say, the training step) and a ``stream`` (0 or 1: two
+    independent draws per counter).
+
+    A counter-based random stream: the draw of step t needs no generator state, only the key and
+    t. So a layer whose noise comes from per-unit keys gives every unit its own stream, also when
+    S networks are trained side by side as one wide network (their keys are concatenated), and a
+    network probed alone sees the same noise as in the wide one.
+    """
+    if not 0 <= counter < 2**31 or stream not in (0, 1):
+        raise ValueError(f"expected 0 <= counter < 2**31 and stream 0 or 1, got {counter} and {stream}")
+    h = _mix32(_mix32(key & _MASK32) ^ _mix32(2 * counter + stream))
+    return (h.double() + 0.5) / 2**32
+
+
 class NoisyBatchNorm1d(bnn.BatchNorm1d):
     """Batch norm, then noise whose distribution changes at every training step.
 
-    In training, each call draws per unit a shift ``m ~ U(-shift, shift)`` and a scale
+    In training, each step draws per unit a shift ``m ~ U(-shift, shift)`` and a scale
     ``s ~ U(1, max_scale)`` and returns ``s * BN(x) + m``: the next layer's input has a mean and a
     spread that jump at random every step, however well the batch was normalized. In eval mode it
     returns ``E[s] * BN(x)`` (the noise's average, as dropout rescales). After the "noisy
     BatchNorm" of Santurkar et al. (2018), whose exact noise (their Appendix) differs in details.
+
+    The noise of step t is :func:`unit_uniform` of the unit's key (drawn from the global random
+    stream when the layer is built, so a seed reproduces it) and t, where t is the buffer
+    ``noise_step``: it moves by one at every training-mode forward with gradients on (one per SGD
+    step), like the running statistics; forward passes under ``torch.no_grad()`` or in eval mode
+    see the current step's noise and leave it. Both buffers are per unit or a scalar, so S
+    layers stacked side by side (:mod:`bncourse.lab.stack`) each keep their own noise, and neither
+    is saved in ``state_dict`` (it holds what a plain ``BatchNorm1d`` holds).
     """
 
     def __init__(self, num_features: int, shift: float = 1.0, max_scale: float = 2.0, **kw):
@@ -272,15 +314,34 @@ class NoisyBatchNorm1d(bnn.BatchNorm1d):
             raise ValueError(f"expected shift >= 0 and max_scale >= 1, got {shift} and {max_scale}")
         super().__init__(num_features, **kw)
         self.shift, self.max_scale = float(shift), float(max_scale)
+        device = self.weight.device if self.weight is not None else None
+        self.register_buffer("noise_key", torch.randint(2**31, (num_features,), device=device),
+                             persistent=False)
+        self.register_buffer("noise_step", torch.zeros((), dtype=torch.long, device=device),
+                             persistent=False)
+
+    def draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, s)`` of draw number ``index``, per unit, float64."""
+        m = self.shift * (2 * unit_uniform(self.noise_key, index, 0) - 1)
+        s = 1 + (self.max_scale - 1) * unit_uniform(self.noise_key, index, 1)
+        return m, s
+
+    def noise(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, s)``, the shift and scale of every unit at ``step`` (default: the current one)."""
+        return self.draw(int(self.noise_step) if step is None else step)
+
+    def _noisy(self, out: torch.Tensor) -> torch.Tensor:
+        """``s * out + m`` with the current step's noise; a training step then moves the clock."""
+        m, s = (v.to(out.device, out.dtype) for v in self.noise())
+        if self.training and torch.is_grad_enabled():
+            self.noise_step.add_(1)
+        return out * s + m
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         out = super().forward(input)
         if not self.training:
             return out * (1 + self.max_scale) / 2
-        c = self.num_features
-        m = (torch.rand(c, device=out.device, dtype=out.dtype) * 2 - 1) * self.shift
-        s = 1 + torch.rand(c, device=out.device, dtype=out.dtype) * (self.max_scale - 1)
-        return out * s + m
+        return self._noisy(out)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, shift={self.shift}, max_scale={self.max_scale}"
@@ -288,7 +349,10 @@ class NoisyBatchNorm1d(bnn.BatchNorm1d):
 
 def noisy_mlp(sizes: Sequence[int], activation: str = "sigmoid", shift: float = 1.0,
               max_scale: float = 2.0) -> nn.Sequential:
-    """:func:`bncourse.lab.models.mlp` with ``norm="bn"``, every BN layer made a NoisyBatchNorm1d."""
+    """:func:`bncourse.lab.models.mlp` with ``norm="bn"``, every BN layer made a NoisyBatchNorm1d.
+
+    The weights are those ``mlp(sizes, activation, norm="bn")`` draws from the same seed; the
+    noise keys are drawn after them."""
     model = mlp(sizes, activation, norm="bn")
     for i, m in enumerate(model):
         if isinstance(m, bnn.BatchNorm1d):
