@@ -11,7 +11,7 @@ from torch.func import functional_call
 from bncourse import nn as bnn
 from bncourse.lab import benefits, models, shift
 from bncourse.lab.data import Split
-from bncourse.lab.trainer import each, train
+from bncourse.lab.trainer import ProbeBatches, each, train
 
 
 def layer_noise(layer: shift.DriftingBatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,20 +86,21 @@ def test_drifting_mlp_replaces_every_batch_norm():
         shift.DriftingBatchNorm1d(4, max_scale=0.5)
 
 
-def test_unit_uniform_is_a_uniform_stream_per_key_counter_and_stream():
+def test_unit_uniform_is_a_uniform_stream_per_key_and_counter():
     keys = torch.randint(2**31, (20000,), generator=torch.Generator().manual_seed(0))
     u = benefits.unit_uniform(keys, 7)
-    assert u.dtype == torch.float64 and 0 < u.min() and u.max() < 1
+    assert u.shape == keys.shape and u.dtype == torch.float64 and 0 < u.min() and u.max() < 1
     assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.003
     assert torch.equal(u, benefits.unit_uniform(keys.clone(), 7))  # a function, no state
-    others = [benefits.unit_uniform(keys, 8), benefits.unit_uniform(keys, 7, 1),
-              benefits.unit_uniform(keys, 2**31 - 1), benefits.unit_uniform(keys + 1, 7)]
-    for v in others:  # another counter, stream or key: an independent draw
-        assert torch.corrcoef(torch.stack([u, v]))[0, 1].abs() < 0.03
-    # one key over many counters: uniform too
-    steps = torch.stack([benefits.unit_uniform(keys[:1], t) for t in range(5000)]).flatten()
-    assert abs(steps.mean() - 0.5) < 0.02
-    with pytest.raises(ValueError, match="counter"):
+    many = benefits.unit_uniform(keys, [7, 8, 2**32 - 1])
+    assert many.shape == (3, 20000) and torch.equal(many[0], u)
+    for v in (many[1], many[2], benefits.unit_uniform(keys + 1, 7)):
+        assert torch.corrcoef(torch.stack([u, v]))[0, 1].abs() < 0.03  # another counter or key
+    # one key over many counters: uniform and uncorrelated from one counter to the next
+    steps = benefits.unit_uniform(keys[:1], range(20000)).flatten()
+    assert abs(steps.mean() - 0.5) < 0.01 and abs(steps.var() - 1 / 12) < 0.003
+    assert torch.corrcoef(torch.stack([steps[1:], steps[:-1]]))[0, 1].abs() < 0.03
+    with pytest.raises(ValueError, match="counters"):
         benefits.unit_uniform(keys, -1)
 
 
@@ -280,3 +281,26 @@ def test_trackers_record_during_training():
         shift.GradientShiftTracker(data.x_train, data.y_train, 0.1, batch_size=500)
     with pytest.raises(RuntimeError, match="nothing recorded"):
         _ = shift.GradientShiftTracker(data.x_train, data.y_train, 0.1).cos
+
+
+def test_landscape_tracker_records_the_loss_before_the_step_one_per_member():
+    """The landscape probe of chapter 5 (bncourse.lab.benefits), one per member through each():
+    ``start_loss`` is the member's loss at its own parameters and noise, on the probe's batch."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 8, generator=gen)
+    data = Split(x[:80], x[:80, :3].argmax(1), x[80:], x[80:, :3].argmax(1))
+    trackers = [benefits.LandscapeTracker(data.x_train, data.y_train, [0.05, 0.2], every=4,
+                                          batch_size=20, seed=s) for s in (0, 1)]
+    runs = train(lambda: benefits.noisy_mlp([8, 6, 6, 3], "relu"), data, 8, 0.1, seeds=[0, 1],
+                 batch_size=20, progress=False, on_step=each(trackers))
+    for t in trackers:
+        assert t.steps == [4, 8] and t.start_loss.shape == (2,) and t.loss.shape == (2, 2)
+        assert torch.isfinite(t.beta).all()
+    # the last record, by hand: the trained member is the network of step 8, noise included
+    batches = ProbeBatches(data.x_train, data.y_train, 4, 20, seed=1)
+    batches.at(4)
+    bx, by = batches.at(8)
+    member = copy.deepcopy(runs.models[1]).train()
+    with torch.no_grad():  # batch statistics, the current noise, the clock left as it is
+        loss = nn.functional.cross_entropy(member(bx), by).item()
+    assert trackers[1].start_loss[1].item() == pytest.approx(loss, rel=1e-6)

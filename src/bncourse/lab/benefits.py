@@ -275,20 +275,24 @@ def _mix32(h: torch.Tensor | int) -> torch.Tensor | int:
     return h ^ (h >> 16)
 
 
-def unit_uniform(key: torch.Tensor, counter: int, stream: int = 0) -> torch.Tensor:
-    """One draw from U(0, 1) per unit, float64: a fixed function of the unit's ``key`` (int64, in
-    ``[0, 2**31)``), a ``counter`` (say, the training step) and a ``stream`` (0 or 1: two
-    independent draws per counter).
+def unit_uniform(key: torch.Tensor, counters: int | Sequence[int]) -> torch.Tensor:
+    """Draws from U(0, 1), float64, one per unit and counter: a fixed function of the unit's ``key``
+    (int64, drawn at random from ``[0, 2**31)``) and a ``counter`` in ``[0, 2**32)``. Shape
+    ``key.shape`` for one counter, ``(len(counters), *key.shape)`` for several.
 
-    A counter-based random stream: the draw of step t needs no generator state, only the key and
-    t. So a layer whose noise comes from per-unit keys gives every unit its own stream, also when
-    S networks are trained side by side as one wide network (their keys are concatenated), and a
-    network probed alone sees the same noise as in the wide one.
+    A counter-based random stream: draw number t needs no generator state, only the key and t
+    (a hash of both). So a layer whose noise comes from per-unit keys gives every unit its own
+    stream, also when S networks are trained side by side as one wide network (their keys are
+    concatenated), and a network probed alone sees the same noise as in the wide one.
     """
-    if not 0 <= counter < 2**31 or stream not in (0, 1):
-        raise ValueError(f"expected 0 <= counter < 2**31 and stream 0 or 1, got {counter} and {stream}")
-    h = _mix32(_mix32(key & _MASK32) ^ _mix32(2 * counter + stream))
-    return (h.double() + 0.5) / 2**32
+    many = not isinstance(counters, int)
+    counters = list(counters) if many else [counters]
+    if any(not 0 <= c <= _MASK32 for c in counters):
+        raise ValueError(f"expected counters in [0, 2**32), got {counters}")
+    salt = torch.tensor([_mix32(c) for c in counters], device=key.device)
+    h = _mix32((key & _MASK32) ^ salt.view(-1, *[1] * key.dim()))
+    u = (h.double() + 0.5) / 2**32
+    return u if many else u[0]
 
 
 class NoisyBatchNorm1d(bnn.BatchNorm1d):
@@ -320,15 +324,25 @@ class NoisyBatchNorm1d(bnn.BatchNorm1d):
         self.register_buffer("noise_step", torch.zeros((), dtype=torch.long, device=device),
                              persistent=False)
 
-    def draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(m, s)`` of draw number ``index``, per unit, float64."""
-        m = self.shift * (2 * unit_uniform(self.noise_key, index, 0) - 1)
-        s = 1 + (self.max_scale - 1) * unit_uniform(self.noise_key, index, 1)
-        return m, s
+    def draw(self, index: int) -> torch.Tensor:
+        """``(m, s)`` of draw number ``index``: shape (2, units), float64. The last few draws are
+        kept while the keys, ``shift`` and ``max_scale`` stay as they are: do not modify them."""
+        key = self.noise_key
+        token = (key.data_ptr(), key._version, key.device, key.shape, self.shift, self.max_scale)
+        if getattr(self, "_drawn_for", None) != token:
+            self._drawn_for, self._drawn = token, {}
+        if index not in self._drawn:
+            if len(self._drawn) >= 4:
+                del self._drawn[next(iter(self._drawn))]
+            u = unit_uniform(key, [2 * index, 2 * index + 1])
+            self._drawn[index] = torch.stack([self.shift * (2 * u[0] - 1),
+                                              1 + (self.max_scale - 1) * u[1]])
+        return self._drawn[index]
 
     def noise(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(m, s)``, the shift and scale of every unit at ``step`` (default: the current one)."""
-        return self.draw(int(self.noise_step) if step is None else step)
+        m, s = self.draw(int(self.noise_step) if step is None else step)
+        return m, s
 
     def _noisy(self, out: torch.Tensor) -> torch.Tensor:
         """``s * out + m`` with the current step's noise; a training step then moves the clock."""
@@ -370,6 +384,13 @@ def gradient_step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     Santurkar et al.: small means the gradient stays a good guide along the step), and ``||g||``.
     Training-mode forward (batch statistics) on the batch ``(x, y)``; ``model`` is left unchanged.
     """
+    _, loss, change, norm = _step_probe(model, x, y, step_sizes)
+    return loss, change, norm
+
+
+def _step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                step_sizes: Sequence[float]) -> tuple[float, torch.Tensor, torch.Tensor, float]:
+    """:func:`gradient_step_probe`, with ``L(theta)`` first."""
     _check_model(model)
     if len(step_sizes) == 0 or any(eta <= 0 for eta in step_sizes):
         raise ValueError(f"expected positive step sizes, got {list(step_sizes)}")
@@ -380,12 +401,12 @@ def gradient_step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     def loss_and_grad(params: dict[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
         params = {n: p.clone().requires_grad_() for n, p in params.items()}
-        buffers = {n: b.clone() for n, b in model.named_buffers()}  # running stats stay as they are
+        buffers = {n: b.clone() for n, b in model.named_buffers()}  # statistics, noise clocks stay
         loss = nn.functional.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
         return loss.item(), list(torch.autograd.grad(loss, [params[n] for n in names]))
 
     try:
-        _, g = loss_and_grad(theta)
+        start, g = loss_and_grad(theta)
         losses, changes = [], []
         for eta in step_sizes:
             moved = {n: theta[n] - eta * gi for n, gi in zip(names, g, strict=True)}
@@ -395,7 +416,7 @@ def gradient_step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     finally:
         model.train(was_training)
     grad_norm = torch.sqrt(sum((gi**2).sum() for gi in g)).item()
-    return torch.tensor(losses), torch.stack(changes).cpu(), grad_norm
+    return start, torch.tensor(losses), torch.stack(changes).cpu(), grad_norm
 
 
 @dataclass
@@ -404,8 +425,9 @@ class LandscapeTracker:
 
     One per member, as ``on_step`` of :func:`bncourse.lab.trainer.train` through
     :func:`bncourse.lab.trainer.each`. ``loss[r, i]`` and ``grad_change[r, i]`` are record r, step
-    size i; ``beta`` is the "effective beta-smoothness" of each record, the largest
-    ``||grad change|| / ||parameter change||`` over the step sizes.
+    size i; ``start_loss[r]`` is the loss at the parameters themselves (no step) and
+    ``grad_norm[r]`` the gradient's norm there; ``beta`` is the "effective beta-smoothness" of each
+    record, the largest ``||grad change|| / ||parameter change||`` over the step sizes.
     """
 
     x: torch.Tensor
@@ -415,6 +437,7 @@ class LandscapeTracker:
     batch_size: int = 60
     seed: int = 0
     steps: list[int] = field(default_factory=list)
+    _start: list[float] = field(default_factory=list, repr=False)
     _loss: list[torch.Tensor] = field(default_factory=list, repr=False)
     _change: list[torch.Tensor] = field(default_factory=list, repr=False)
     _norm: list[float] = field(default_factory=list, repr=False)
@@ -426,11 +449,16 @@ class LandscapeTracker:
         batch = self._batches.at(step)
         if batch is None:
             return
-        loss, change, norm = gradient_step_probe(model, *batch, self.step_sizes)
+        start, loss, change, norm = _step_probe(model, *batch, self.step_sizes)
         self.steps.append(step)
+        self._start.append(start)
         self._loss.append(loss)
         self._change.append(change)
         self._norm.append(norm)
+
+    @property
+    def start_loss(self) -> torch.Tensor:
+        return torch.tensor(self._start)
 
     @property
     def loss(self) -> torch.Tensor:

@@ -60,8 +60,8 @@ class DriftingBatchNorm1d(NoisyBatchNorm1d):
         """``(m, s)``, the shift and scale of every unit at ``step`` (default: the current one)."""
         k, f = divmod(int(self.noise_step) if step is None else step, self.period)
         w = (1 - math.cos(math.pi * f / self.period)) / 2
-        (m0, s0), (m1, s1) = self.draw(k), self.draw(k + 1)
-        return (1 - w) * m0 + w * m1, (1 - w) * s0 + w * s1
+        m, s = (1 - w) * self.draw(k) + w * self.draw(k + 1) if w else self.draw(k)
+        return m, s
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._noisy(bnn.BatchNorm1d.forward(self, input))
