@@ -325,8 +325,9 @@ class NoisyBatchNorm1d(bnn.BatchNorm1d):
                              persistent=False)
 
     def draw(self, index: int) -> torch.Tensor:
-        """``(m, s)`` of draw number ``index``: shape (2, units), float64. The last few draws are
-        kept while the keys, ``shift`` and ``max_scale`` stay as they are: do not modify them."""
+        """``(m, s)`` of draw number ``index``: shape (2, units), float64 on the CPU (every device
+        gets the same noise, MPS too, which has no float64). The last few draws are kept while the
+        keys, ``shift`` and ``max_scale`` stay as they are: do not modify them."""
         key = self.noise_key
         token = (key.data_ptr(), key._version, key.device, key.shape, self.shift, self.max_scale)
         if getattr(self, "_drawn_for", None) != token:
@@ -334,7 +335,7 @@ class NoisyBatchNorm1d(bnn.BatchNorm1d):
         if index not in self._drawn:
             if len(self._drawn) >= 4:
                 del self._drawn[next(iter(self._drawn))]
-            u = unit_uniform(key, [2 * index, 2 * index + 1])
+            u = unit_uniform(key.cpu(), [2 * index, 2 * index + 1])
             self._drawn[index] = torch.stack([self.shift * (2 * u[0] - 1),
                                               1 + (self.max_scale - 1) * u[1]])
         return self._drawn[index]
