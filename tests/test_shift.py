@@ -11,7 +11,7 @@ from torch.func import functional_call
 from bncourse import nn as bnn
 from bncourse.lab import benefits, models, shift
 from bncourse.lab.data import Split
-from bncourse.lab.trainer import each, train
+from bncourse.lab.trainer import ProbeBatches, each, train
 
 
 def layer_noise(layer: shift.DriftingBatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,14 +49,14 @@ def test_drift_moves_once_per_training_forward_and_eval_applies_the_current_nois
     layer = shift.DriftingBatchNorm1d(6, period=5)
     x = torch.randn(20, 6)
     layer(x)  # a training step: the noise of step 0, then the clock moves
-    assert layer.step == 1
+    assert int(layer.noise_step) == 1
     m1, s1 = layer_noise(layer)  # no_grad: does not move it
-    assert layer.step == 1
+    assert int(layer.noise_step) == 1
     torch.testing.assert_close(m1, layer.noise(1)[0], rtol=0, atol=1e-9)
     torch.testing.assert_close(s1, layer.noise(1)[1], rtol=0, atol=1e-9)
     layer.eval()
     out = layer(x.double())
-    assert layer.step == 1
+    assert int(layer.noise_step) == 1
     m, s = layer.noise()
     torch.testing.assert_close(out, s * (x.double() - layer.running_mean.double())
                                / torch.sqrt(layer.running_var.double() + layer.eps) + m)
@@ -84,6 +84,69 @@ def test_drifting_mlp_replaces_every_batch_norm():
         shift.DriftingBatchNorm1d(4, period=0)
     with pytest.raises(ValueError, match="max_scale"):
         shift.DriftingBatchNorm1d(4, max_scale=0.5)
+
+
+def test_unit_uniform_is_a_uniform_stream_per_key_and_counter():
+    keys = torch.randint(2**31, (20000,), generator=torch.Generator().manual_seed(0))
+    u = benefits.unit_uniform(keys, 7)
+    assert u.shape == keys.shape and u.dtype == torch.float64 and 0 < u.min() and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.003
+    assert torch.equal(u, benefits.unit_uniform(keys.clone(), 7))  # a function, no state
+    many = benefits.unit_uniform(keys, [7, 8, 2**32 - 1])
+    assert many.shape == (3, 20000) and torch.equal(many[0], u)
+    for v in (many[1], many[2], benefits.unit_uniform(keys + 1, 7)):
+        assert torch.corrcoef(torch.stack([u, v]))[0, 1].abs() < 0.03  # another counter or key
+    # one key over many counters: uniform and uncorrelated from one counter to the next
+    steps = benefits.unit_uniform(keys[:1], range(20000)).flatten()
+    assert abs(steps.mean() - 0.5) < 0.01 and abs(steps.var() - 1 / 12) < 0.003
+    assert torch.corrcoef(torch.stack([steps[1:], steps[:-1]]))[0, 1].abs() < 0.03
+    with pytest.raises(ValueError, match="counters"):
+        benefits.unit_uniform(keys, -1)
+
+
+def test_the_noise_lives_in_buffers_out_of_the_state_dict():
+    for layer in (benefits.NoisyBatchNorm1d(5), shift.DriftingBatchNorm1d(5, period=3)):
+        assert set(layer.state_dict()) == set(bnn.BatchNorm1d(5).state_dict())
+        assert {"noise_key", "noise_step"} <= {n for n, _ in layer.named_buffers()}
+        layer.double()
+        assert layer.noise_key.dtype == torch.long and layer.noise_step.dtype == torch.long
+
+
+@pytest.mark.parametrize("make", [
+    lambda: benefits.noisy_mlp([8, 6, 6, 3], "relu", shift=2.0, max_scale=3.0),
+    lambda: shift.drifting_mlp([8, 6, 6, 3], "relu", period=4),
+], ids=["jitter", "drift"])
+def test_noisy_members_train_stacked_as_alone_and_a_probe_sees_its_own_noise(make):
+    """Trained side by side as one wide network, each member gets the noise a run of its seed
+    alone gets, step by step; a probe of one member sees that member's current noise."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 8, generator=gen)
+    data = Split(x[:100], x[:100, :3].argmax(1), x[100:], x[100:, :3].argmax(1))
+
+    def noise_probe(seen):
+        def probe(step, model, batch):
+            layer = next(m for m in model if isinstance(m, benefits.NoisyBatchNorm1d))
+            seen.append((int(layer.noise_step), torch.cat(layer.noise())))
+        return probe
+
+    seeds = [3, 4, 5]
+    seen = [[] for _ in seeds]
+    together = train(make, data, 12, 0.2, seeds=seeds, batch_size=20, eval_every=4, progress=False,
+                     on_step=each([noise_probe(s) for s in seen]))
+    for i, seed in enumerate(seeds):
+        alone_seen = []
+        alone = train(make, data, 12, 0.2, seeds=[seed], batch_size=20, eval_every=4, progress=False,
+                      on_step=each([noise_probe(alone_seen)]))
+        torch.testing.assert_close(together.step_loss[i], alone.step_loss[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(together.test_acc[i], alone.test_acc[0])
+        assert [t for t, _ in seen[i]] == list(range(1, 13))  # the clock: one per step
+        for (_, a), (_, b) in zip(seen[i], alone_seen, strict=True):
+            assert torch.equal(a, b)
+    assert not torch.equal(seen[0][0][1], seen[1][0][1])  # each member its own noise
+    # after training every member owns its buffers, the clock included
+    clocks = [m.noise_step for model in together.models for m in model
+              if isinstance(m, benefits.NoisyBatchNorm1d)]
+    assert len({c.data_ptr() for c in clocks}) == len(clocks) and all(int(c) == 12 for c in clocks)
 
 
 def test_jitter_and_drift_separate_a_trend_from_white_noise():
@@ -183,7 +246,7 @@ def test_gradient_shift_holds_injected_noise_fixed_and_restores_the_model():
         assert (l2 < 1e-6).all() and (cos > 1 - 1e-6).all()  # no step, no change: same noise
         assert torch.equal(torch.get_rng_state(), state)  # the training's random stream untouched
         assert not noisy.training
-    assert all(m.step == 0 for m in noisy if isinstance(m, shift.DriftingBatchNorm1d))
+        assert all(int(m.noise_step) == 0 for m in noisy if isinstance(m, benefits.NoisyBatchNorm1d))
 
 
 def test_gradient_shift_checks_its_input():
@@ -218,3 +281,26 @@ def test_trackers_record_during_training():
         shift.GradientShiftTracker(data.x_train, data.y_train, 0.1, batch_size=500)
     with pytest.raises(RuntimeError, match="nothing recorded"):
         _ = shift.GradientShiftTracker(data.x_train, data.y_train, 0.1).cos
+
+
+def test_landscape_tracker_records_the_loss_before_the_step_one_per_member():
+    """The landscape probe of chapter 5 (bncourse.lab.benefits), one per member through each():
+    ``start_loss`` is the member's loss at its own parameters and noise, on the probe's batch."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 8, generator=gen)
+    data = Split(x[:80], x[:80, :3].argmax(1), x[80:], x[80:, :3].argmax(1))
+    trackers = [benefits.LandscapeTracker(data.x_train, data.y_train, [0.05, 0.2], every=4,
+                                          batch_size=20, seed=s) for s in (0, 1)]
+    runs = train(lambda: benefits.noisy_mlp([8, 6, 6, 3], "relu"), data, 8, 0.1, seeds=[0, 1],
+                 batch_size=20, progress=False, on_step=each(trackers))
+    for t in trackers:
+        assert t.steps == [4, 8] and t.start_loss.shape == (2,) and t.loss.shape == (2, 2)
+        assert torch.isfinite(t.beta).all()
+    # the last record, by hand: the trained member is the network of step 8, noise included
+    batches = ProbeBatches(data.x_train, data.y_train, 4, 20, seed=1)
+    batches.at(4)
+    bx, by = batches.at(8)
+    member = copy.deepcopy(runs.models[1]).train()
+    with torch.no_grad():  # batch statistics, the current noise, the clock left as it is
+        loss = nn.functional.cross_entropy(member(bx), by).item()
+    assert trackers[1].start_loss[1].item() == pytest.approx(loss, rel=1e-6)

@@ -257,14 +257,60 @@ def head_probe(model: nn.Module, x: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------ noisy BN
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor | int, c: int) -> torch.Tensor | int:
+    """``(x * c) mod 2**32`` for ``0 <= x, c < 2**32``, without overflowing int64."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(h: torch.Tensor | int) -> torch.Tensor | int:
+    """MurmurHash3's 32-bit finalizer: a bijection that flips each output bit for about half of
+    the changes of any input bit."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def unit_uniform(key: torch.Tensor, counters: int | Sequence[int]) -> torch.Tensor:
+    """Draws from U(0, 1), float64, one per unit and counter: a fixed function of the unit's ``key``
+    (int64, drawn at random from ``[0, 2**31)``) and a ``counter`` in ``[0, 2**32)``. Shape
+    ``key.shape`` for one counter, ``(len(counters), *key.shape)`` for several.
+
+    A counter-based random stream: draw number t needs no generator state, only the key and t
+    (a hash of both). So a layer whose noise comes from per-unit keys gives every unit its own
+    stream, also when S networks are trained side by side as one wide network (their keys are
+    concatenated), and a network probed alone sees the same noise as in the wide one.
+    """
+    many = not isinstance(counters, int)
+    counters = list(counters) if many else [counters]
+    if any(not 0 <= c <= _MASK32 for c in counters):
+        raise ValueError(f"expected counters in [0, 2**32), got {counters}")
+    salt = torch.tensor([_mix32(c) for c in counters], device=key.device)
+    h = _mix32((key & _MASK32) ^ salt.view(-1, *[1] * key.dim()))
+    u = (h.double() + 0.5) / 2**32
+    return u if many else u[0]
+
+
 class NoisyBatchNorm1d(bnn.BatchNorm1d):
     """Batch norm, then noise whose distribution changes at every training step.
 
-    In training, each call draws per unit a shift ``m ~ U(-shift, shift)`` and a scale
+    In training, each step draws per unit a shift ``m ~ U(-shift, shift)`` and a scale
     ``s ~ U(1, max_scale)`` and returns ``s * BN(x) + m``: the next layer's input has a mean and a
     spread that jump at random every step, however well the batch was normalized. In eval mode it
     returns ``E[s] * BN(x)`` (the noise's average, as dropout rescales). After the "noisy
     BatchNorm" of Santurkar et al. (2018), whose exact noise (their Appendix) differs in details.
+
+    The noise of step t is :func:`unit_uniform` of the unit's key (drawn from the global random
+    stream when the layer is built, so a seed reproduces it) and t, where t is the buffer
+    ``noise_step``: it moves by one at every training-mode forward with gradients on (one per SGD
+    step), like the running statistics; forward passes under ``torch.no_grad()`` or in eval mode
+    see the current step's noise and leave it. Both buffers are per unit or a scalar, so S
+    layers stacked side by side (:mod:`bncourse.lab.stack`) each keep their own noise, and neither
+    is saved in ``state_dict`` (it holds what a plain ``BatchNorm1d`` holds).
     """
 
     def __init__(self, num_features: int, shift: float = 1.0, max_scale: float = 2.0, **kw):
@@ -272,15 +318,45 @@ class NoisyBatchNorm1d(bnn.BatchNorm1d):
             raise ValueError(f"expected shift >= 0 and max_scale >= 1, got {shift} and {max_scale}")
         super().__init__(num_features, **kw)
         self.shift, self.max_scale = float(shift), float(max_scale)
+        device = self.weight.device if self.weight is not None else None
+        self.register_buffer("noise_key", torch.randint(2**31, (num_features,), device=device),
+                             persistent=False)
+        self.register_buffer("noise_step", torch.zeros((), dtype=torch.long, device=device),
+                             persistent=False)
+
+    def draw(self, index: int) -> torch.Tensor:
+        """``(m, s)`` of draw number ``index``: shape (2, units), float64 on the CPU (every device
+        gets the same noise, MPS too, which has no float64). The last few draws are kept while the
+        keys, ``shift`` and ``max_scale`` stay as they are: do not modify them."""
+        key = self.noise_key
+        token = (key.data_ptr(), key._version, key.device, key.shape, self.shift, self.max_scale)
+        if getattr(self, "_drawn_for", None) != token:
+            self._drawn_for, self._drawn = token, {}
+        if index not in self._drawn:
+            if len(self._drawn) >= 4:
+                del self._drawn[next(iter(self._drawn))]
+            u = unit_uniform(key.cpu(), [2 * index, 2 * index + 1])
+            self._drawn[index] = torch.stack([self.shift * (2 * u[0] - 1),
+                                              1 + (self.max_scale - 1) * u[1]])
+        return self._drawn[index]
+
+    def noise(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, s)``, the shift and scale of every unit at ``step`` (default: the current one)."""
+        m, s = self.draw(int(self.noise_step) if step is None else step)
+        return m, s
+
+    def _noisy(self, out: torch.Tensor) -> torch.Tensor:
+        """``s * out + m`` with the current step's noise; a training step then moves the clock."""
+        m, s = (v.to(out.device, out.dtype) for v in self.noise())
+        if self.training and torch.is_grad_enabled():
+            self.noise_step.add_(1)
+        return out * s + m
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         out = super().forward(input)
         if not self.training:
             return out * (1 + self.max_scale) / 2
-        c = self.num_features
-        m = (torch.rand(c, device=out.device, dtype=out.dtype) * 2 - 1) * self.shift
-        s = 1 + torch.rand(c, device=out.device, dtype=out.dtype) * (self.max_scale - 1)
-        return out * s + m
+        return self._noisy(out)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, shift={self.shift}, max_scale={self.max_scale}"
@@ -288,7 +364,10 @@ class NoisyBatchNorm1d(bnn.BatchNorm1d):
 
 def noisy_mlp(sizes: Sequence[int], activation: str = "sigmoid", shift: float = 1.0,
               max_scale: float = 2.0) -> nn.Sequential:
-    """:func:`bncourse.lab.models.mlp` with ``norm="bn"``, every BN layer made a NoisyBatchNorm1d."""
+    """:func:`bncourse.lab.models.mlp` with ``norm="bn"``, every BN layer made a NoisyBatchNorm1d.
+
+    The weights are those ``mlp(sizes, activation, norm="bn")`` draws from the same seed; the
+    noise keys are drawn after them."""
     model = mlp(sizes, activation, norm="bn")
     for i, m in enumerate(model):
         if isinstance(m, bnn.BatchNorm1d):
@@ -306,6 +385,13 @@ def gradient_step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     Santurkar et al.: small means the gradient stays a good guide along the step), and ``||g||``.
     Training-mode forward (batch statistics) on the batch ``(x, y)``; ``model`` is left unchanged.
     """
+    _, loss, change, norm = _step_probe(model, x, y, step_sizes)
+    return loss, change, norm
+
+
+def _step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                step_sizes: Sequence[float]) -> tuple[float, torch.Tensor, torch.Tensor, float]:
+    """:func:`gradient_step_probe`, with ``L(theta)`` first."""
     _check_model(model)
     if len(step_sizes) == 0 or any(eta <= 0 for eta in step_sizes):
         raise ValueError(f"expected positive step sizes, got {list(step_sizes)}")
@@ -316,12 +402,12 @@ def gradient_step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     def loss_and_grad(params: dict[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
         params = {n: p.clone().requires_grad_() for n, p in params.items()}
-        buffers = {n: b.clone() for n, b in model.named_buffers()}  # running stats stay as they are
+        buffers = {n: b.clone() for n, b in model.named_buffers()}  # statistics, noise clocks stay
         loss = nn.functional.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
         return loss.item(), list(torch.autograd.grad(loss, [params[n] for n in names]))
 
     try:
-        _, g = loss_and_grad(theta)
+        start, g = loss_and_grad(theta)
         losses, changes = [], []
         for eta in step_sizes:
             moved = {n: theta[n] - eta * gi for n, gi in zip(names, g, strict=True)}
@@ -331,7 +417,7 @@ def gradient_step_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     finally:
         model.train(was_training)
     grad_norm = torch.sqrt(sum((gi**2).sum() for gi in g)).item()
-    return torch.tensor(losses), torch.stack(changes).cpu(), grad_norm
+    return start, torch.tensor(losses), torch.stack(changes).cpu(), grad_norm
 
 
 @dataclass
@@ -340,8 +426,9 @@ class LandscapeTracker:
 
     One per member, as ``on_step`` of :func:`bncourse.lab.trainer.train` through
     :func:`bncourse.lab.trainer.each`. ``loss[r, i]`` and ``grad_change[r, i]`` are record r, step
-    size i; ``beta`` is the "effective beta-smoothness" of each record, the largest
-    ``||grad change|| / ||parameter change||`` over the step sizes.
+    size i; ``start_loss[r]`` is the loss at the parameters themselves (no step) and
+    ``grad_norm[r]`` the gradient's norm there; ``beta`` is the "effective beta-smoothness" of each
+    record, the largest ``||grad change|| / ||parameter change||`` over the step sizes.
     """
 
     x: torch.Tensor
@@ -351,6 +438,7 @@ class LandscapeTracker:
     batch_size: int = 60
     seed: int = 0
     steps: list[int] = field(default_factory=list)
+    _start: list[float] = field(default_factory=list, repr=False)
     _loss: list[torch.Tensor] = field(default_factory=list, repr=False)
     _change: list[torch.Tensor] = field(default_factory=list, repr=False)
     _norm: list[float] = field(default_factory=list, repr=False)
@@ -362,11 +450,16 @@ class LandscapeTracker:
         batch = self._batches.at(step)
         if batch is None:
             return
-        loss, change, norm = gradient_step_probe(model, *batch, self.step_sizes)
+        start, loss, change, norm = _step_probe(model, *batch, self.step_sizes)
         self.steps.append(step)
+        self._start.append(start)
         self._loss.append(loss)
         self._change.append(change)
         self._norm.append(norm)
+
+    @property
+    def start_loss(self) -> torch.Tensor:
+        return torch.tensor(self._start)
 
     @property
     def loss(self) -> torch.Tensor:

@@ -7,7 +7,8 @@
 * :func:`gradient_shift`, :class:`GradientShiftTracker`: internal covariate shift as Santurkar et
   al. (2018, Definition 2.1) define it: how much a layer's gradient changes when the layers before
   it take their step.
-* :class:`Probes`: several ``on_step`` callbacks of :func:`bncourse.lab.trainer.train` as one.
+* :class:`Probes`: several probes of one member as one (one per member, through
+  :func:`bncourse.lab.trainer.each`).
 
 Probes never change the model they look at: parameters, ``.grad`` and running statistics are left
 as they were.
@@ -24,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import nn as bnn
-from .device import generator
+from .benefits import NoisyBatchNorm1d
 from .models import mlp
 from .trainer import ProbeBatches
 
@@ -33,7 +34,7 @@ __all__ = ["DriftingBatchNorm1d", "GradientShiftTracker", "Probes", "drifting_ml
 
 
 # ------------------------------------------------------------------------------ injected drift
-class DriftingBatchNorm1d(bnn.BatchNorm1d):
+class DriftingBatchNorm1d(NoisyBatchNorm1d):
     """Batch norm, then a per-unit scale and shift that wander smoothly over training.
 
     Returns ``s_t * BN(x) + m_t``. Every ``period`` steps each unit gets a new target
@@ -41,45 +42,32 @@ class DriftingBatchNorm1d(bnn.BatchNorm1d):
     draws them), and glides from the previous target to it along half a cosine, so the next layer's
     input distribution drifts slowly and steadily. ``period=1`` redraws at every step instead.
 
-    The noise moves one step per training-mode forward with gradients on (one per SGD step);
-    forward passes under ``torch.no_grad()`` or in eval mode see the current noise and do not move
-    it (nor do :func:`gradient_shift`'s passes). Eval mode applies the current noise: a slow drift is part
+    The targets and the clock are NoisyBatchNorm1d's: per-unit keys and the buffer ``noise_step``,
+    which moves one step per training-mode forward with gradients on (one per SGD step); forward
+    passes under ``torch.no_grad()`` or in eval mode see the current noise and do not move it (nor
+    do :func:`gradient_shift`'s passes). Eval mode applies the current noise: a slow drift is part
     of the network's state at that step.
     """
 
     def __init__(self, num_features: int, shift: float = 2.0, max_scale: float = 3.0,
                  period: int = 100, **kw):
-        if shift < 0 or max_scale < 1:
-            raise ValueError(f"expected shift >= 0 and max_scale >= 1, got {shift} and {max_scale}")
         if not isinstance(period, int) or period < 1:
             raise ValueError(f"expected a period of at least 1 step (an int), got {period!r}")
-        super().__init__(num_features, **kw)
-        self.shift, self.max_scale, self.period = float(shift), float(max_scale), period
-        self.step = 0
-        seed = int(torch.randint(2**62, ()))  # from the global RNG: torch.manual_seed reproduces it
-        self._gen = generator(seed)
-        self._knots: list[torch.Tensor] = []  # each (2, units): uniform draws for mean and scale
+        super().__init__(num_features, shift, max_scale, **kw)
+        self.period = period
 
     def noise(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(m, s)``, the shift and scale of every unit at ``step`` (default: the current one)."""
-        k, f = divmod(self.step if step is None else step, self.period)
-        while len(self._knots) < k + 2:
-            self._knots.append(torch.rand(2, self.num_features, generator=self._gen,
-                                          dtype=torch.float64))
+        k, f = divmod(int(self.noise_step) if step is None else step, self.period)
         w = (1 - math.cos(math.pi * f / self.period)) / 2
-        u = (1 - w) * self._knots[k] + w * self._knots[k + 1]
-        return self.shift * (2 * u[0] - 1), 1 + (self.max_scale - 1) * u[1]
+        m, s = (1 - w) * self.draw(k) + w * self.draw(k + 1) if w else self.draw(k)
+        return m, s
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        out = super().forward(input)
-        m, s = (v.to(out.device, out.dtype) for v in self.noise())
-        if self.training and torch.is_grad_enabled():
-            self.step += 1
-        return out * s + m
+        return self._noisy(bnn.BatchNorm1d.forward(self, input))
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, shift={self.shift}, max_scale={self.max_scale}, "
-                f"period={self.period}")
+        return f"{super().extra_repr()}, period={self.period}"
 
 
 def drifting_mlp(sizes: Sequence[int], activation: str = "relu", shift: float = 2.0,
@@ -121,9 +109,11 @@ def gradient_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     earlier layers, with their biases and batch-norm parameters) has taken its SGD step
     ``p - lr * grad``. Returns ``(l2, cosine, norm)`` per layer: ``||G - G'||``, the cosine between
     ``G`` and ``G'`` (1 is no shift) and ``||G||``. Cross-entropy loss, training-mode forward (batch
-    statistics). Injected noise is the same in every forward pass (each starts from the same
-    state of the CPU or CUDA random stream, and drift does not advance), so only the earlier
-    layers' step changes ``G``; the model and the random streams are left as they were.
+    statistics). Injected noise is the same in every forward pass (every pass sees the buffers as
+    they were, the noise clocks of :class:`~bncourse.lab.benefits.NoisyBatchNorm1d` and
+    :class:`DriftingBatchNorm1d` included, and starts from the same state of the CPU or CUDA
+    random stream, for layers that draw from it), so only the earlier layers' step changes ``G``;
+    the model and the random streams are left as they were.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -138,20 +128,17 @@ def gradient_shift(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     was_training = model.training
     model.train()
 
-    drift_steps = {m: m.step for m in model.modules() if isinstance(m, DriftingBatchNorm1d)}
     cuda = [x.device] if x.device.type == "cuda" else []
     states = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
 
     def grads(theta: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         theta = {n: p.clone().requires_grad_() for n, p in theta.items()}
-        buffers = {n: b.clone() for n, b in model.named_buffers()}  # running stats stay as they are
+        buffers = {n: b.clone() for n, b in model.named_buffers()}  # statistics, noise clocks stay
         with torch.random.fork_rng(devices=cuda):  # the same injected noise in every pass
             torch.set_rng_state(states[0])
             for d, state in zip(cuda, states[1], strict=True):
                 torch.cuda.set_rng_state(state, d)
             out = functional_call(model, {**theta, **buffers}, (x,))
-        for m, step in drift_steps.items():
-            m.step = step
         loss = nn.functional.cross_entropy(out, y)
         return list(torch.autograd.grad(loss, list(theta.values())))
 
@@ -216,8 +203,9 @@ class GradientShiftTracker:
 
 
 class Probes(dict):
-    """Named ``on_step`` callbacks run as one: ``train(..., on_step=Probes(a=..., b=...))`` calls
-    each in turn; afterwards ``probes["a"]`` is the first."""
+    """Named probes of one member run as one: ``Probes(a=..., b=...)(step, model, batch)`` calls
+    each in turn; afterwards ``probes["a"]`` is the first. One per member, through
+    :func:`bncourse.lab.trainer.each`: ``train(..., on_step=each([Probes(...) for ...]))``."""
 
     def __call__(self, step: int, model: nn.Module, batch=None) -> None:
         for probe in self.values():
