@@ -97,6 +97,22 @@ def test_trace_norms_records_every_step_and_the_norm_shrinks_with_decay():
     assert trace.grad_norms.shape == (2, 30, 1) and (trace.grad_norms > 0).all()
 
 
+def test_trace_norms_records_the_angle_between_successive_weights():
+    x, y = blobs(n=96)
+    data = bn.data.Split(x, y, x, y)
+    models = [bn.trainer.built(lambda: bn.models.mlp([8, 16, 16, 3], norm="bn"), s) for s in (0, 1)]
+    before = [[w.detach().clone() for w in weight_decay.scale_invariant_weights(m)] for m in models]
+    trace = weight_decay.trace_norms(models, data, steps=1, lr=0.5, weight_decay=0.1, batch_size=16,
+                                     seeds=[0, 1])
+    assert trace.norms.dtype == trace.angles.dtype == torch.float64
+    for i, model in enumerate(models):
+        after = weight_decay.scale_invariant_weights(model)
+        for j, (w0, w1) in enumerate(zip(before[i], after, strict=True)):
+            assert trace.angles[i, 0, j].item() == pytest.approx(weight_decay.angle(w0, w1), rel=1e-9)
+            assert trace.norms[i, 0, j].item() == pytest.approx(w0.double().norm().item(), rel=1e-12)
+            assert trace.norms[i, 1, j].item() == pytest.approx(w1.double().norm().item(), rel=1e-12)
+
+
 def test_trace_norms_decays_only_the_scale_invariant_weights_as_pytorch_would():
     x, y = blobs(n=96)
     bn.seed_everything(0)
