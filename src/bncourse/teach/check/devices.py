@@ -132,9 +132,9 @@ def batch_renorm(fn) -> None:
 
         mistakes = [
             (slip(clip_r=False, clip_d=False),
-             "r and d are not clipped: then x_hat is (x - running_mean) / running_std, the inference "
-             "normalization, which the paper shows training cannot use alone; clip r to "
-             "[1/r_max, r_max] and d to [-d_max, d_max]"),
+             "r and d are not clipped: unbounded, x_hat is (x - running_mean) / running_std, the "
+             "inference normalization, taken from running averages that may still be far off; clip r "
+             "to [1/r_max, r_max] and d to [-d_max, d_max]"),
             (slip(clip_r=False), "r is not clipped: r = clip(sigma_B / sigma, 1/r_max, r_max)"),
             (slip(clip_d=False), "d is not clipped: d = clip((mu_B - mu) / sigma, -d_max, d_max)"),
             (slip(invert_r=True), "r is upside down: r = sigma_B / sigma (batch over running)"),
