@@ -1,10 +1,13 @@
 """Data-parallel training on one machine: K processes, one process group, batch norm across them.
 
 :class:`Cluster` starts K worker processes once and runs functions of this package in every one of
-them, with ``torch.distributed`` initialized (gloo on the CPU; NCCL with one GPU per process). It
-listens on 127.0.0.1 only, on a port the operating system picks, and always ends its processes:
-on :meth:`Cluster.close`, on leaving a ``with`` block, when a call fails or runs past its time
-limit, and when the program exits. The functions it runs are the workers of chapter 8 below.
+them, with ``torch.distributed`` initialized (gloo on the CPU; NCCL with one GPU per process, which
+only the GPU tests use and which has not run in this course's builds). It listens on 127.0.0.1 only,
+on a port the operating system picks, and always ends its processes: on :meth:`Cluster.close`, on
+leaving a ``with`` block, when a call fails or runs past its time limit, and when the program exits.
+The functions it runs are the workers of chapter 8 below, and what they measure: the collectives and
+host syncs of a step, the bytes it sends (:func:`written`), the ring payloads it should send
+(:func:`ring_values`).
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ from .device import generator
 __all__ = [
     "Cluster",
     "WorkerError",
-    "bytes_written",
     "counting_collectives",
     "counting_host_syncs",
     "data_parallel_train",
+    "header_bytes",
     "make_batches",
     "ring_values",
     "shard",
@@ -49,6 +52,7 @@ __all__ = [
     "sync_batch_norm_steps",
     "torch_sync_batch_norm_error",
     "train_one_process",
+    "written",
 ]
 
 HOST = "127.0.0.1"
@@ -345,16 +349,41 @@ def counting_host_syncs() -> Iterator[Counter]:
                 delattr(torch.Tensor, name)
 
 
-def bytes_written() -> int | None:
-    """Bytes this process has written so far (files, pipes and sockets), or None where the system does
-    not say (Linux's ``/proc/self/io``, ``wchar``). Taken before and after a step of training
-    between processes that write nothing else, the difference is what the step sent over the wire."""
+def written() -> tuple[int, int] | None:
+    """``(bytes, writes)`` this process has written so far to files, pipes and sockets, and the number
+    of write calls that wrote them, or None where the system does not say (Linux's ``/proc/self/io``:
+    ``wchar``, ``syscw``). Taken before and after a step of training between processes that write
+    nothing else, the differences are what the step sent over the wire, and in how many messages."""
     try:
         with open("/proc/self/io") as f:
             fields = dict(line.split(": ") for line in f.read().splitlines())
-        return int(fields["wchar"])
+        return int(fields["wchar"]), int(fields["syscw"])
     except (OSError, KeyError, ValueError):
         return None
+
+
+def _sent(before, after) -> tuple[int | None, int | None]:
+    if before is None or after is None:
+        return None, None
+    return after[0] - before[0], after[1] - before[1]
+
+
+def header_bytes(values: int = 4096) -> float | None:
+    """The bytes a backend adds to each message it writes, measured: an all-gather of ``values``
+    float64 per process sends ``(K - 1) * values * 8`` bytes of payload; what it writes beyond that,
+    per write call, is the framing. None where the system does not count writes."""
+    t = torch.ones(values, dtype=torch.float64, device=_device())
+    out = t.new_empty(dist.get_world_size() * values)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    for _ in range(2):  # the first call of a collective may set up connections
+        dist.barrier()
+        before = written()
+        gather(out, t)
+        after = written()
+    sent, writes = _sent(before, after)
+    if sent is None or not writes:
+        return None
+    return (sent - 8 * values * (dist.get_world_size() - 1)) / writes
 
 
 def ring_values(k: int, channels: list[int], params: int) -> dict[str, float]:
@@ -458,8 +487,8 @@ def data_parallel_train(model: nn.Module, batches: list, lr: float, sync: bool =
     process's group among ``groups``, or all processes); without, each process normalizes its own
     shard, keeps its own running statistics, and they are averaged at the end. Returns the trained
     ``state_dict``, the wall time of each step in seconds, the bytes this process wrote in each step
-    (:func:`bytes_written`; None where the system does not say), and the collectives counted in the
-    first step (those of the batch norm layers; DDP's own are made from C++).
+    (:func:`written`; None where the system does not say), and the collectives counted in the first
+    step (those of the batch norm layers; DDP's own are made from C++).
     """
     device = _device()
     model = copy.deepcopy(model).to(device)
@@ -471,7 +500,7 @@ def data_parallel_train(model: nn.Module, batches: list, lr: float, sync: bool =
     seconds, sent, calls = [], [], {}
     for i, (x, target) in enumerate(batches):
         xr, tr = shard(x, sizes).to(device), shard(target, sizes).to(device)
-        before = bytes_written()
+        before = written()
         start = time.perf_counter()
         with counting_collectives() if i == 0 else nullcontext() as counts:
             out = ddp(xr)
@@ -479,8 +508,7 @@ def data_parallel_train(model: nn.Module, batches: list, lr: float, sync: bool =
             _loss(out, tr, loss).backward()
             opt.step()
         seconds.append(time.perf_counter() - start)
-        after = bytes_written()
-        sent.append(None if before is None or after is None else after - before)
+        sent.append(_sent(before, written())[0])
         calls = dict(counts) if i == 0 else calls
     if not sync:
         with torch.no_grad():
@@ -499,8 +527,8 @@ def step_costs(model: nn.Module, batches: list, lr: float, groups: list[list[int
     Copies of ``model`` in DistributedDataParallel train side by side, one step each in turn (so a
     change in the machine's load hits all alike): ``"per-device"`` batch norm, ``"synchronized"``
     over all processes and, with ``groups``, ``"groups"`` (each process's group among them). Returns
-    ``{name: {"bytes": [...], "seconds": [...]}}``, one entry per step (bytes: :func:`bytes_written`,
-    None where the system does not say).
+    ``{name: {"bytes": [...], "writes": [...], "seconds": [...]}}``, one entry per step (bytes and
+    write calls: :func:`written`, None where the system does not say).
     """
     device = _device()
     configs = {"per-device": None, "synchronized": dist.group.WORLD}
@@ -511,20 +539,22 @@ def step_costs(model: nn.Module, batches: list, lr: float, groups: list[list[int
         m = copy.deepcopy(model).to(device)
         m = m if group is None else SyncBatchNorm.convert_sync_batchnorm(m, group)
         ddp = _data_parallel(m)
-        runs[name] = (ddp, torch.optim.SGD(ddp.parameters(), lr=lr), {"bytes": [], "seconds": []})
+        runs[name] = (ddp, torch.optim.SGD(ddp.parameters(), lr=lr),
+                      {"bytes": [], "writes": [], "seconds": []})
     for x, target in batches:
         xr, tr = shard(x, sizes).to(device), shard(target, sizes).to(device)
         for ddp, opt, record in runs.values():
             dist.barrier()  # start together: no process waits for another's previous step
-            before = bytes_written()
+            before = written()
             start = time.perf_counter()
             loss = nn.functional.cross_entropy(ddp(xr), tr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             record["seconds"].append(time.perf_counter() - start)
-            after = bytes_written()
-            record["bytes"].append(None if before is None or after is None else after - before)
+            sent, writes = _sent(before, written())
+            record["bytes"].append(sent)
+            record["writes"].append(writes)
     return {name: record for name, (_, _, record) in runs.items()}
 
 
