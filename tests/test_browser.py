@@ -178,6 +178,7 @@ def book():
             seen["search.html"][f"momentum_hits_{name}"] = search.locator("ul.search li").count()
             if name == "desktop":
                 seen["_switch"] = _switch_languages(context, origin, seen["search.html"], external)
+                seen["_quiz"] = _answer_a_quiz(context, origin, seen["search.html"], external)
             context.close()
         browser.close()
     server.shutdown()
@@ -223,6 +224,28 @@ def _switch_languages(context, origin: str, log: dict, external: list) -> dict:
         visits.append((page.url[len(origin):], page.evaluate("() => document.documentElement.lang")))
     page.close()
     return {"visits": visits}
+
+
+QUIZ_PAGE = "book/00_quick_tour.html"  # its self-check question comes before the measurement
+
+
+def _answer_a_quiz(context, origin: str, log: dict, external: list) -> dict:
+    """Click each choice of a page's first self-check, in each language: what feedback shows."""
+    answers = {}
+    for prefix in ("", ZH):
+        page = _open(context, origin + prefix + QUIZ_PAGE, log, external)
+        quiz = page.locator(".bn-quiz").first
+        shown = []
+        for i in range(quiz.locator("button").count()):
+            button = quiz.locator("button").nth(i)
+            button.click()
+            feedback = quiz.locator(".bn-feedback")
+            feedback.wait_for(state="visible", timeout=5_000)
+            shown.append((button.get_attribute("data-right"), button.get_attribute("class"),
+                          feedback.inner_text()))
+        answers[prefix or "en"] = shown
+        page.close()
+    return answers
 
 
 def _fail_if(found: dict, what: str) -> None:
@@ -335,3 +358,14 @@ def test_the_chinese_book_is_there_and_drawn_in_a_chinese_font(book):
 def test_the_language_switch_goes_both_ways(book):
     visits = book["pages"]["_switch"]["visits"]
     assert visits == [(ZH + "book/intro.html", "zh-CN"), ("book/intro.html", "en")], visits
+
+
+def test_a_self_check_answers_in_the_page_language(book):
+    answers = book["pages"]["_quiz"]
+    verdicts = {"en": ("Right.", "Not quite."), ZH: ("正确。", "不完全对。")}
+    for language, shown in answers.items():
+        assert len(shown) >= 2, (language, shown)
+        for right, classes, feedback in shown:
+            verdict = verdicts[language][0 if right == "1" else 1]
+            assert feedback.startswith(verdict) and len(feedback) > len(verdict) + 5, (language, feedback)
+            assert ("bn-right" if right == "1" else "bn-wrong") in classes, (language, classes)

@@ -44,3 +44,9 @@ def test_every_question_a_notebook_asks_is_in_the_bank():
              for qid in ASKED.findall("".join(c["source"]))}
     missing = [(name, qid) for name, qid in asked if qid not in quiz.bank()]
     assert not missing, missing
+
+
+def test_every_chapter_page_asks_a_question():
+    pages = [p for p in sorted(BOOK.glob("*.ipynb")) if not p.name.startswith("00_")]
+    silent = [p.name for p in pages if not ASKED.search(p.read_text())]
+    assert not silent, f"chapter pages without a self-check (bn.quiz): {silent}"
