@@ -29,6 +29,12 @@ THEME = {  # what the Chinese pages say where the theme would speak English
     "search_bar_text": "搜索本书……",
     "author": "bncourse 的作者们",
 }
+PROMPTS = {  # what the folded cells and dropdowns say (myst-nb and sphinx-togglebutton: English only)
+    "nb_code_prompt_show": "展开代码单元",
+    "nb_code_prompt_hide": "收起代码单元",
+    "togglebutton_hint": "点击展开",
+    "togglebutton_hint_hide": "点击收起",
+}
 
 
 def catalogs(root: Path) -> list[Path]:
@@ -89,6 +95,7 @@ def zh_config(root: Path, stored: bool = False) -> dict:
     sphinx["language"] = LANGUAGE
     sphinx["locale_dirs"] = [str(root / "locales")]
     sphinx.setdefault("html_theme_options", {})["search_bar_text"] = THEME["search_bar_text"]
+    sphinx.update(PROMPTS)
     bib = config.get("bibtex_bibfiles", [])
     config["bibtex_bibfiles"] = [str(root / b) for b in bib]
     for key in ("templates_path", "html_static_path"):
