@@ -1,8 +1,13 @@
-"""Chapter 2's checks pass the reference, name each typical mistake, and flag unattempted work."""
+"""Chapter 2's checks pass the reference, name each typical mistake (in both languages where a page
+asks them), and flag unattempted work."""
+
+import math
 
 import pytest
 import torch
+from sklearn.preprocessing import StandardScaler
 
+import bncourse as bn
 from bncourse.teach import check
 from bncourse.teach.check import CheckFailed
 
@@ -52,40 +57,99 @@ def test_standardize_names_each_mistake(wrong, message):
         check.standardize(wrong)
 
 
-def split_ok(x_train, x_test):
-    mean, std = x_train.mean(0), x_train.std(0, unbiased=False)
-    return (x_train - mean) / std, (x_test - mean) / std
-
-
-def test_standardize_split_passes_the_reference(capsys):
-    check.standardize_split(split_ok)
-    assert "✔ standardize_split: correct" in capsys.readouterr().out
-
-
-def _both(x_train, x_test):
-    return split_ok(torch.cat([x_train, x_test]), torch.cat([x_train, x_test]))[0].split(
-        [len(x_train), len(x_test)])
-
-
-@pytest.mark.parametrize("wrong, message", [
-    (lambda a, b: (split_ok(a, b)[0], std_ok(b)), "test split's own statistics"),
-    (lambda a, b: (split_ok(a, b)[0], b), "unscaled"),
-    (lambda a, b: (split_ok(a, b)[0], split_ok(a, b)[1] * 2), "z_train is right, but z_test"),
-    (_both, "train and test together"),
-    (lambda a, b: split_ok(b, a)[::-1], "fitted the statistics on x_test"),
-    (lambda a, b: ((a - a.mean(0)) / a.std(0), split_ok(a, b)[1]), "in z_train, .*unbiased"),
-    (lambda a, b: (a, b), "z_train is not"),
-    (lambda a, b: split_ok(a, b)[0], "return a pair"),
-])
-def test_standardize_split_names_each_mistake(wrong, message):
-    with pytest.raises(CheckFailed, match=message):
-        check.standardize_split(wrong)
-
-
-@pytest.mark.parametrize("name", ["standardize", "standardize_split"])
-def test_not_attempted(name):
+@pytest.mark.parametrize("name", ["standardize", "fixed_predict"])
+def test_not_attempted(name, served):
     def todo(*args):
         raise NotImplementedError()
 
+    args = (served.model, served.split) if name == "fixed_predict" else ()
     with pytest.raises(CheckFailed, match="not attempted"):
-        getattr(check, name)(todo)
+        getattr(check, name)(todo, *args)
+
+
+# divided_by_std: a predict exercise; any honest number in the range passes and hears the gap
+
+
+@pytest.mark.parametrize("guess, how", [(1294.0, "within 25%"), (1.0, "1.3e\\+03 times below"),
+                                        (40_000, "31 times above")])
+def test_divided_by_std_passes_any_honest_prediction(guess, how, capsys):
+    check.divided_by_std(guess, 1294.0)
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 88  # wrapped to the page's column
+    out = " ".join(printed.split())
+    assert "✔ divided_by_std: correct" in out and "only centring removes" in out
+    assert any(part in out for part in how.split("\\"))
+
+
+@pytest.mark.parametrize("guess, message", [
+    (None, "expected your prediction as a number"), ("big", "expected your prediction"),
+    (True, "expected your prediction"), (math.nan, "expected your prediction"),
+    (0.5, "outside"), (1e9, "outside"),
+])
+def test_divided_by_std_refuses_no_prediction(guess, message):
+    with pytest.raises(CheckFailed, match=message):
+        check.divided_by_std(guess, 1294.0)
+
+
+# fixed_predict: a diagnose exercise, checked by what the fixed predictor does
+
+
+class Served:
+    """A logistic regression trained on standardized digits, as on the page."""
+
+    def __init__(self):
+        bn.seed_everything(0)
+        self.split = bn.data.digits(seed=0)
+        standardized, _ = bn.scaling.scale_split(self.split)
+        self.model = bn.train(lambda: bn.models.mlp([64, 10]), standardized, 150, 1.0, seeds=[0],
+                              progress=False).models[0]
+        self.scaler = StandardScaler().fit(self.split.x_train.numpy())
+
+    def classes(self, z):
+        with torch.no_grad():
+            return self.model.eval()(torch.as_tensor(z, dtype=torch.float32)).argmax(1)
+
+
+@pytest.fixture(scope="module")
+def served():
+    return Served()
+
+
+def test_fixed_predict_passes_the_reference(served, capsys):
+    check.fixed_predict(lambda images: served.classes(served.scaler.transform(images.numpy())),
+                        served.model, served.split)
+    fitted = bn.scaling.fit_standard(served.split.x_train)
+    check.fixed_predict(lambda images: served.classes(fitted(images)), served.model, served.split)
+    assert capsys.readouterr().out.count("✔ fixed_predict: correct") == 2
+
+
+def _leaky(served):
+    both = StandardScaler().fit(torch.cat([served.split.x_train, served.split.x_test]).numpy())
+    return lambda images: served.classes(both.transform(images.numpy()))
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda s: lambda images: s.classes(StandardScaler().fit_transform(images.numpy())),
+     "its own statistics.*all zeros"),
+    (lambda s: lambda images: s.classes(bn.scaling.standardize(images)), "raised ValueError.* of 1 image"),
+    (_leaky, "training and test images together"),
+    (lambda s: lambda images: s.classes(images), "raw pixels"),
+    (lambda s: lambda images: s.classes(s.scaler.transform(images.numpy()) * 2),
+     "classes differ from those"),
+    (lambda s: lambda images: s.classes(s.scaler.transform(images.numpy()))[:1], "should give"),
+    (lambda s: lambda images: None, "returned None"),
+])
+def test_fixed_predict_names_each_mistake(served, wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        check.fixed_predict(wrong(served), served.model, served.split)
+
+
+def test_the_messages_speak_chinese(served, monkeypatch, capsys):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    check.divided_by_std(1000.0, 1294.0)
+    assert "你预测1e+03，实测1.29e+03" in "".join(capsys.readouterr().out.split())
+    with pytest.raises(CheckFailed, match="自己的统计量"):
+        check.fixed_predict(lambda images: served.classes(StandardScaler().fit_transform(images.numpy())),
+                            served.model, served.split)
+    with pytest.raises(CheckFailed, match="请把你的预测写成一个数"):
+        check.divided_by_std(None, 1294.0)

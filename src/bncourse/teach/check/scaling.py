@@ -1,16 +1,38 @@
-"""Exercise checks of Chapter 2, feature scaling: standardize, and scale a test split honestly."""
+"""Exercise checks of Chapter 2, feature scaling: a prediction of what dividing by the standard
+deviation alone leaves (predict), and a deployed classifier that standardizes each request with its
+own statistics (diagnose).
+
+``standardize`` is on no page any more (standardizing is bookkeeping); the instructor tools' tests
+build their synthetic exercises with it, so it stays.
+"""
 
 from __future__ import annotations
+
+import io
+import math
+import numbers
+import textwrap
+from contextlib import redirect_stdout
 
 import torch
 
 from ...lab.device import generator
 from ...lab.scaling import fit_standard
-from .core import CheckFailed, as_tensor, call, passed
+from .core import CheckFailed, as_tensor, call, language, passed, say
 
-__all__ = ["standardize", "standardize_split"]
+__all__ = ["divided_by_std", "fixed_predict", "standardize"]
 
 _TOL = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _passed(name: str, detail: str) -> None:
+    """``passed``, its line wrapped to the page's column (88 characters; 44 in Chinese, whose
+    characters are twice as wide)."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        passed(name, detail)
+    width = 44 if language() == "zh" else 88
+    print(textwrap.fill(out.getvalue().rstrip("\n"), width=width, subsequent_indent="  "))
 
 
 def _data(n: int, d: int, seed: int, constant: int | None = None) -> torch.Tensor:
@@ -108,44 +130,127 @@ def standardize(fn) -> None:
     passed(name, "as StandardScaler, 4 data sets, a constant column")
 
 
-def standardize_split(fn) -> None:
-    """Check ``fn(x_train, x_test) -> (z_train, z_test)``: both scaled with the training statistics."""
-    name = "standardize_split"
-    for n_train, n_test, d, seed in ((30, 10, 3, 0), (100, 40, 5, 1)):
-        x_train = _data(n_train, d, seed)
-        x_test = _data(n_test, d, seed + 50) * 1.5 + 2  # the test split's own statistics differ
-        fitted = fit_standard(x_train)
-        refs = fitted(x_train), fitted(x_test)
-        out = call(fn, x_train.clone(), x_test.clone(), name=name)
-        if not isinstance(out, tuple | list) or len(out) != 2:
-            raise CheckFailed(f"{name}: return a pair (z_train, z_test), got {type(out).__name__}")
-        z_train = as_tensor(out[0], f"{name} (z_train)", refs[0])
-        z_test = as_tensor(out[1], f"{name} (z_test)", refs[1])
-        if _close(z_train, refs[0]) and _close(z_test, refs[1]):
-            continue
-        both = fit_standard(torch.cat([x_train, x_test]))
-        from_test = fit_standard(x_test)
-        if _close(z_train, refs[0]):
-            wrong = [
-                (from_test(x_test), "z_test was standardized with the test split's own "
-                                    "statistics: that uses the test data to fit the scaling. Apply "
-                                    "the training mean and standard deviation to x_test"),
-                (x_test, "x_test came back unscaled: apply the training statistics to it too"),
-            ]
-            for candidate, hint in wrong:
-                if _close(z_test, candidate):
-                    raise CheckFailed(f"{name}: {hint}")
-            raise CheckFailed(f"{name}: z_train is right, but z_test is not (x_test - mean_train) / "
-                              f"std_train")
-        if _close(z_train, both(x_train)) and _close(z_test, both(x_test)):
-            raise CheckFailed(f"{name}: you fitted the statistics on train and test together: the "
-                              f"test split leaks into the scaling. Fit on x_train only")
-        if _close(z_train, from_test(x_train)) and _close(z_test, from_test(x_test)):
-            raise CheckFailed(f"{name}: you fitted the statistics on x_test and applied them to "
-                              f"both; fit on x_train")
-        for wrong, hint in _standardize_mistakes(x_train):
-            if _close(z_train, wrong):
-                raise CheckFailed(f"{name}: in z_train, {hint}")
-        raise CheckFailed(f"{name}: z_train is not x_train standardized with its own mean and "
-                          f"(biased) standard deviation")
-    passed(name, "both splits scaled with the training statistics")
+def _prediction(name: str, guess, measured: float, *, low: float, high: float, en: str, zh: str,
+                fmt: str = ".3g") -> None:
+    """A *predict* exercise's check, in the learner's language: it passes for any honest prediction
+    in ``[low, high]``, and prints the gap to the run and why the run came out where it did."""
+    if guess is None or isinstance(guess, bool) or not isinstance(guess, numbers.Real) \
+            or math.isnan(guess):
+        raise CheckFailed(say(
+            en=f"{name}: expected your prediction as a number, got {guess!r}; commit to one before "
+               f"you run the measurement",
+            zh=f"{name}：请把你的预测写成一个数，得到的是 {guess!r}；先写下预测，再运行测量"))
+    if not low <= guess <= high:
+        raise CheckFailed(say(
+            en=f"{name}: your prediction {guess:{fmt}} is outside [{low:{fmt}}, {high:{fmt}}], the range "
+               f"this quantity can take here; reread the setup",
+            zh=f"{name}：你的预测 {guess:{fmt}} 不在 [{low:{fmt}}, {high:{fmt}}] 之内，而这个量在这里只能落在"
+               f"这个范围；请重读题设"))
+    ratio = guess / measured
+    if 0.8 <= ratio <= 1.25:
+        how = say(en="within 25% of it", zh="相差不到 25%")
+    else:
+        factor = f"{max(ratio, 1 / ratio):.2g}"
+        how = say(en=f"{factor} times {'above' if ratio > 1 else 'below'} it",
+                  zh=f"是它的 {factor} 倍" if ratio > 1 else f"只有它的 1/{factor}")
+    _passed(name, say(en=f"you predicted {guess:{fmt}}, the run measured {measured:{fmt}}: {how}. {en}",
+                     zh=f"你预测 {guess:{fmt}}，实测 {measured:{fmt}}：{how}。{zh}"))
+
+
+def divided_by_std(guess, measured: float) -> None:
+    """Check the prediction of the condition number of chapter 1's off-centre features (means 3 and
+    50, standard deviations 1 and 10) once each is divided by its standard deviation."""
+    _prediction("divided_by_std", guess, measured, low=1, high=1e7, fmt=".3g",
+                en="Dividing by sigma leaves each feature's mean at mu/sigma (3 and 5 here) with unit "
+                   "spread: the Hessian's largest eigenvalue is about its trace, 1 + 10 + 26 = 37, its "
+                   "determinant is the product of the variances, 1, so the two small eigenvalues "
+                   "multiply to about 1/37 and kappa is of order 37^2. The columns stay nearly "
+                   "parallel to the bias's column of ones; only centring removes that.",
+                zh="除以 sigma 之后，每个特征的均值变成 mu/sigma（这里是 3 和 5），方差为 1：海森矩阵的最大"
+                   "特征值约等于它的迹 1 + 10 + 26 = 37，行列式等于各方差之积 1，所以两个小特征值之积约为 "
+                   "1/37，kappa 的量级是 37^2。特征列仍几乎平行于偏置那一列全 1；只有中心化才能消除它。")
+
+
+@torch.no_grad()
+def _classes(model, x: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model.eval()(x.to(device)).argmax(1).cpu()
+
+
+def _as_classes(value, n: int, name: str) -> torch.Tensor:
+    if value is None:
+        raise CheckFailed(say(en=f"{name}: the function returned None; did you forget `return`?",
+                              zh=f"{name}：函数返回了 None；是不是忘了 `return`？"))
+    t = torch.as_tensor(value).cpu()
+    if t.shape != (n,):
+        raise CheckFailed(say(
+            en=f"{name}: a request of {n} images should give {n} classes, got shape {tuple(t.shape)}",
+            zh=f"{name}：一个含 {n} 张图像的请求应返回 {n} 个类别，得到的形状是 {tuple(t.shape)}"))
+    return t.long()
+
+
+def _serve(fn, request: torch.Tensor, name: str):
+    """The learner's classes for one request; an error of their code becomes a failure that says
+    which request raised it."""
+    try:
+        return call(fn, request.clone(), name=name)
+    except CheckFailed:
+        raise
+    except Exception as e:
+        raise CheckFailed(say(
+            en=f"{name}: the function raised {type(e).__name__}: {e} (on a request of {len(request)} "
+               f"image(s))",
+            zh=f"{name}：函数抛出了 {type(e).__name__}：{e}（请求中有 {len(request)} 张图像）")) from e
+
+
+def fixed_predict(fn, model, split) -> None:
+    """Check ``fn(images) -> classes``: the classes ``model`` (trained on pixels standardized with the
+    training split's statistics) predicts for a request of raw images, the same whether an image
+    comes alone, in a small request or with the whole test split."""
+    name = "fixed_predict"
+    x_train, x_test = split.x_train.cpu(), split.x_test.cpu()
+    right = _classes(model, fit_standard(x_train)(x_test))
+    sizes = (len(x_test), 7, 1)
+    got = {}
+    for size in sizes:
+        requests = x_test.split(size) if size > 1 else x_test[:40].split(1)
+        got[size] = torch.cat([_as_classes(_serve(fn, r, name), len(r), name) for r in requests])
+    ok = {size: int((got[size] != right[:len(got[size])]).sum()) <= 1 for size in sizes}  # rounding
+    if all(ok.values()):
+        _passed(name, say(en="the same classes alone, in requests of 7 and all at once, as with the "
+                            "training statistics",
+                         zh="单张、7 张一组、整批请求给出的类别都相同，与用训练统计量时一致"))
+        return
+    own = {size: torch.cat([_classes(model, fit_standard(r)(r) if len(r) > 1 else torch.zeros_like(r))
+                            for r in (x_test.split(size) if size > 1 else x_test[:40].split(1))])
+           for size in sizes}
+    leaked = _classes(model, fit_standard(torch.cat([x_train, x_test]))(x_test))
+    raw = _classes(model, x_test)
+    if all(torch.equal(got[size], own[size]) for size in sizes) or got[1].unique().numel() == 1:
+        raise CheckFailed(say(
+            en=f"{name}: each request is still standardized with its own statistics: the classes "
+               f"depend on the other images of the request, and a request of one image becomes all "
+               f"zeros (every pixel equals its own mean), so every single image gets class "
+               f"{got[1][0].item()}. Standardize with the training split's mean and standard "
+               f"deviation, fitted once",
+            zh=f"{name}：每个请求仍然用它自己的统计量标准化：类别取决于同一请求里的其他图像，而只有一张"
+               f"图像的请求会变成全 0（每个像素都等于它自己的均值），于是每张单独的图像都被判为类别 "
+               f"{got[1][0].item()}。请用训练集的均值和标准差标准化，只拟合一次"))
+    if torch.equal(got[len(x_test)], leaked):
+        raise CheckFailed(say(
+            en=f"{name}: the statistics were fitted on the training and test images together; the "
+               f"model was trained with those of the training split alone, and the test split must "
+               f"not shape its own preprocessing",
+            zh=f"{name}：统计量是在训练和测试图像上一起拟合的；模型训练时只用了训练集的统计量，"
+               f"而且测试集不应参与它自己的预处理"))
+    if torch.equal(got[len(x_test)], raw):
+        raise CheckFailed(say(
+            en=f"{name}: these are the classes of the raw pixels; the model was trained on standardized "
+               f"ones, so standardize each request with the training statistics first",
+            zh=f"{name}：这是原始像素得到的类别；模型是在标准化后的像素上训练的，"
+               f"所以请先用训练统计量标准化每个请求"))
+    wrong = ", ".join(f"{size}" for size in sizes if not ok[size])
+    raise CheckFailed(say(
+        en=f"{name}: for requests of {wrong} image(s) the classes differ from those of the test images "
+           f"standardized with the training split's statistics",
+        zh=f"{name}：请求大小为 {wrong} 时，得到的类别与用训练集统计量标准化测试图像所得的类别不同"))
