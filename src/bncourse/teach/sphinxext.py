@@ -7,6 +7,8 @@ the theme's words in the book's language.
 - Sphinx 7.4 writes an inline script twice when an extension adds it after the builder starts
   (once named ``None``, once ``''``); sphinx-thebe's ``const THEBE_JS_URL`` declared twice is an
   error in every page's console. The copies are made equal here, so Sphinx writes each once.
+- An exercise's title (the directive's argument) has no source in the doctree, so Sphinx neither
+  extracts it for translation nor translates it; it is given one, before Sphinx's i18n transform.
 - The book theme translates its buttons through a catalog of its own (``booktheme``), which the
   book's ``locale_dirs`` cannot reach, and some of its Chinese is not mainland usage (列印). The
   book's ``booktheme.po`` is put in front of the theme's, so what it translates wins.
@@ -16,9 +18,11 @@ import gettext
 import shutil
 from pathlib import Path
 
+from docutils import nodes
 from sphinx import locale
 from sphinx.builders.html._assets import _JavaScript
 from sphinx.errors import ExtensionError
+from sphinx.transforms import SphinxTransform
 
 MATHJAX_ENTRY = "tex-chtml.js"  # TeX input, HTML output: what the book's formulas need
 MATHJAX_PARTS = ("a11y", "adaptors", "input", "output", "sre", "ui")  # loaded on demand
@@ -75,7 +79,27 @@ def translate_theme_from_the_book(app) -> None:
             locale.translators["general", catalog] = ours
 
 
+class TranslatableExerciseTitles(SphinxTransform):
+    """Give exercise titles a source, so that the catalogs translate them; for the gettext builder,
+    also a paragraph of their own, since sphinx-exercise rebuilds the title nodes before extraction."""
+
+    default_priority = 15  # before sphinx.transforms.i18n.Locale (20)
+
+    def apply(self, **kwargs) -> None:
+        from sphinx_exercise.nodes import exercise_subtitle
+
+        for node in list(self.document.findall(exercise_subtitle)):
+            node.source = node.source or node.parent.source or self.document["source"]
+            node.line = node.line or node.parent.line
+            node.rawsource = node.rawsource or node.astext()
+            if self.app.builder.name == "gettext":
+                copy = nodes.paragraph(node.rawsource, node.rawsource)
+                copy.source, copy.line = node.source, node.line
+                self.document += copy
+
+
 def setup(app):
+    app.add_transform(TranslatableExerciseTitles)
     app.connect("config-inited", use_local_mathjax)
     app.connect("builder-inited", translate_theme_from_the_book)
     app.connect("env-updated", write_inline_scripts_once)
