@@ -9,12 +9,17 @@ the theme's words in the book's language.
   error in every page's console. The copies are made equal here, so Sphinx writes each once.
 - An exercise's title (the directive's argument) has no source in the doctree, so Sphinx neither
   extracts it for translation nor translates it; it is given one, before Sphinx's i18n transform.
+- An *investigate* exercise's answer is a markdown cell holding nbgrader's ``### BEGIN SOLUTION`` and
+  ``### END SOLUTION`` lines; rendered, they are headings, which cannot sit inside a gated solution
+  (the build fails). The book drops those two lines from markdown cells; nbgrader still sees them.
 - The book theme translates its buttons through a catalog of its own (``booktheme``), which the
   book's ``locale_dirs`` cannot reach, and some of its Chinese is not mainland usage (列印). The
   book's ``booktheme.po`` is put in front of the theme's, so what it translates wins.
 """
 
 import gettext
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -79,6 +84,25 @@ def translate_theme_from_the_book(app) -> None:
             locale.translators["general", catalog] = ours
 
 
+MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
+
+
+def drop_markers_from_prose(app, docname: str, source: list[str]) -> None:
+    """Remove nbgrader's solution markers from a notebook's markdown cells, as Sphinx reads it."""
+    if not str(app.env.doc2path(docname)).endswith(".ipynb") or "SOLUTION" not in source[0]:
+        return
+    nb = json.loads(source[0])
+    changed = False
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            lines = "".join(cell["source"]).splitlines(keepends=True)
+            kept = [line for line in lines if not MARKER.match(line)]
+            changed |= len(kept) != len(lines)
+            cell["source"] = kept
+    if changed:
+        source[0] = json.dumps(nb)
+
+
 class TranslatableExerciseTitles(SphinxTransform):
     """Give exercise titles a source, so that the catalogs translate them; for the gettext builder,
     also a paragraph of their own, since sphinx-exercise rebuilds the title nodes before extraction."""
@@ -100,6 +124,7 @@ class TranslatableExerciseTitles(SphinxTransform):
 
 def setup(app):
     app.add_transform(TranslatableExerciseTitles)
+    app.connect("source-read", drop_markers_from_prose)
     app.connect("config-inited", use_local_mathjax)
     app.connect("builder-inited", translate_theme_from_the_book)
     app.connect("env-updated", write_inline_scripts_once)
