@@ -1,6 +1,6 @@
 """Submissions for the instructor-tool tests: right, wrong, untouched, and one per attack on the
 grader, with the result expected from our grader and from nbgrader (configured as
-book/instructors.md says), on synthetic notebooks and on a copy of a real chapter."""
+book/grading.md says), on synthetic notebooks and on a copy of a real chapter."""
 
 import re
 from dataclasses import dataclass

@@ -120,11 +120,33 @@ def test_student_edition_of_every_chapter_leaks_no_solution(path, tmp_path):
     assert not leaked(secrets, json.dumps(exercises.student_book_notebook(nb)))
 
 
-def test_every_chapter_notebook_has_at_least_two_exercises():
-    counts = {p.name: len(exercises.find_exercises(nbformat.read(p, as_version=4))) for p in CHAPTERS}
-    short = {name: n for name, n in counts.items() if not name.startswith("00_") and n < 2}
-    assert not short, f"chapter notebooks with fewer than 2 exercises: {short}"
-    assert sum(counts.values()) >= 12
+def _by_part() -> dict[str, list[exercises.Exercise]]:
+    """Every exercise of the book by part: 03a and 03b are part 3."""
+    parts: dict[str, list[exercises.Exercise]] = {}
+    for p in CHAPTERS:
+        parts.setdefault(p.name[:2], []).extend(exercises.find_exercises(nbformat.read(p, as_version=4)))
+    return parts
+
+
+def test_every_part_has_exercises_with_kinds_and_a_diagnosis():
+    parts = _by_part()
+    every = [ex for found in parts.values() for ex in found]
+    assert not [ex.label for ex in every if ex.kind is None], "exercises without a kind"
+    short = {part: len(found) for part, found in parts.items() if part != "00" and len(found) < 2}
+    assert not short, f"parts with fewer than 2 exercises: {short}"
+    undiagnosed = [part for part, found in parts.items()
+                   if part != "00" and not any(ex.kind == "diagnose" for ex in found)]
+    assert not undiagnosed, f"parts without a diagnose exercise: {undiagnosed}"
+    implement = [ex.label for ex in every if ex.kind == "implement"]
+    assert len(implement) <= len(every) / 4, f"{len(implement)} of {len(every)} are implement: {implement}"
+    assert len({ex.points for ex in every}) > 2, "points should follow the work, not be all alike"
+
+
+def test_the_guide_lists_every_exercise():
+    page = (BOOK / "instructors.md").read_text()
+    assert exercises.with_exercise_table(page, exercises.exercise_table(BOOK)) == page, (
+        "the table of exercises in book/instructors.md is stale: "
+        "run `bncourse exercises --write book/instructors.md`")
 
 
 def test_every_chapter_notebook_carries_nbgrader_metadata():

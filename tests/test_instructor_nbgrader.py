@@ -1,5 +1,5 @@
 """nbgrader and our grader on the same course: nbgrader's release of every chapter is our student
-edition; the workflow of book/instructors.md (release, fetch, submit, collect, autograde, feedback)
+edition; the workflow of book/grading.md (release, fetch, submit, collect, autograde, feedback)
 runs as written; and both graders give each submission of instructor_cases the result expected, the
 same wherever nbgrader can grade it."""
 
@@ -20,7 +20,7 @@ import instructor_cases as cases
 from bncourse.teach.instructor import cli, exercises
 from bncourse.teach.instructor.grade import BY_HAND, ERROR, NOT_ATTEMPTED
 
-DOC = (cases.BOOK / "instructors.md").read_text()
+DOC = (cases.BOOK / "grading.md").read_text()
 CHAPTERS = exercises.chapter_notebooks(cases.BOOK)
 STUDENT = getpass.getuser()  # who submits the untouched edition through the exchange
 EXPECTED = {(student, notebook, c.label): c for student, notebooks in cases.SUBMISSIONS.items()
@@ -29,10 +29,10 @@ GRADE = "bncourse grade course/submitted/*/ch3/*.ipynb --source course/source/ch
 
 
 def documented(command: str) -> str:
-    """``command``, after checking that instructors.md shows it as it is."""
+    """``command``, after checking that grading.md shows it as it is."""
     lines = {line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", DOC, re.S)
              for line in block.splitlines()}
-    assert command in lines, f"not in book/instructors.md: {command}"
+    assert command in lines, f"not in book/grading.md: {command}"
     return command
 
 
@@ -45,7 +45,7 @@ def nbgrader(command: str, cwd: Path, *extra: str, check: bool = True) -> subpro
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory) -> dict:
-    """The course of instructors.md, every chapter an assignment of its own kind, and both graders'
+    """The course of grading.md, every chapter an assignment of its own kind, and both graders'
     results on the submissions of instructor_cases (graded at the same time)."""
     top = tmp_path_factory.mktemp("teaching")
     root, exchange, home = top / "course", top / "exchange", top / "home"

@@ -27,6 +27,7 @@ LANGUAGE = "zh_CN"
 THEME = {  # what the Chinese pages say where the theme would speak English
     "title": "批标准化：一门开放课程",
     "search_bar_text": "搜索本书……",
+    "author": "bncourse 的作者们",
 }
 
 
@@ -79,6 +80,7 @@ def zh_config(root: Path, stored: bool = False) -> dict:
     config = yaml.safe_load((root / "_config.yml").read_text())
     edition = " (student edition)"
     config["title"] = THEME["title"] + ("（学生版）" if config["title"].endswith(edition) else "")
+    config["author"] = THEME["author"]
     if stored:
         config["execute"]["execute_notebooks"] = "off"
     else:
@@ -120,7 +122,7 @@ def check(root: Path, pot_dir: Path) -> list[str]:
     pos = {p.relative_to(po_dir).with_suffix(""): p for p in catalogs(root)}
     for page in sorted(set(pots) - set(pos)):
         problems.append(f"{page}: no catalog; run `make locales`")
-    for page in sorted(set(pos) - set(pots) - {Path("sphinx")}):
+    for page in sorted(set(pos) - set(pots) - {Path("sphinx"), Path("booktheme")}):
         problems.append(f"{page}: a catalog for a page the book no longer has")
     for page in sorted(set(pots) & set(pos)):
         new, old = message_ids(pots[page]), message_ids(pos[page])

@@ -1,4 +1,5 @@
-"""The book's Sphinx extension (listed in _config.yml): a MathJax of its own, and no console errors.
+"""The book's Sphinx extension (listed in _config.yml): a MathJax of its own, no console errors, and
+the theme's words in the book's language.
 
 - MathJax 3 comes from a pinned PyPI package (django-static-mathjax, which ships MathJax's ``es5``
   build, the files the CDN serves) and is copied into the built book, so a book built and read
@@ -6,16 +7,22 @@
 - Sphinx 7.4 writes an inline script twice when an extension adds it after the builder starts
   (once named ``None``, once ``''``); sphinx-thebe's ``const THEBE_JS_URL`` declared twice is an
   error in every page's console. The copies are made equal here, so Sphinx writes each once.
+- The book theme translates its buttons through a catalog of its own (``booktheme``), which the
+  book's ``locale_dirs`` cannot reach, and some of its Chinese is not mainland usage (列印). The
+  book's ``booktheme.po`` is put in front of the theme's, so what it translates wins.
 """
 
+import gettext
 import shutil
 from pathlib import Path
 
+from sphinx import locale
 from sphinx.builders.html._assets import _JavaScript
 from sphinx.errors import ExtensionError
 
 MATHJAX_ENTRY = "tex-chtml.js"  # TeX input, HTML output: what the book's formulas need
 MATHJAX_PARTS = ("a11y", "adaptors", "input", "output", "sre", "ui")  # loaded on demand
+THEME_CATALOGS = ("booktheme",)  # catalogs a theme adds for itself
 
 
 def mathjax_source() -> Path:
@@ -52,8 +59,25 @@ def write_inline_scripts_once(app, env) -> None:
                       for s in scripts]
 
 
+def translate_theme_from_the_book(app) -> None:
+    """Put the book's translations of the theme's own catalogs in front of the theme's."""
+    if not app.config.language or app.config.language == "en":
+        return
+    for catalog in THEME_CATALOGS:
+        for folder in app.config.locale_dirs:
+            try:
+                ours = gettext.translation(catalog, Path(app.srcdir, folder), [app.config.language])
+            except OSError:  # no such catalog in this folder
+                continue
+            theirs = locale.translators.get(("general", catalog))
+            if theirs is not None:
+                ours.add_fallback(theirs)
+            locale.translators["general", catalog] = ours
+
+
 def setup(app):
     app.connect("config-inited", use_local_mathjax)
+    app.connect("builder-inited", translate_theme_from_the_book)
     app.connect("env-updated", write_inline_scripts_once)
     app.connect("build-finished", copy_mathjax)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

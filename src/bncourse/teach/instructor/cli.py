@@ -26,7 +26,7 @@ from .exercises import (
 )
 from .grade import ERROR, Row, grade_notebook, summative
 
-INSTRUCTOR_PAGES = ("book/instructors",)
+INSTRUCTOR_PAGES = ("book/instructors", "book/grading")
 
 
 def student_edition(args) -> int:
