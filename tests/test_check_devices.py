@@ -282,3 +282,30 @@ def test_the_checks_speak_chinese(monkeypatch, check, fn):
     with pytest.raises(CheckFailed) as info:
         check(fn)
     assert "：" in str(info.value) and not any(w in str(info.value) for w in (" the ", " is ", "wrong"))
+
+
+# --- predicted (the predict exercises) ------------------------------------------------------------------
+
+
+def test_predicted_passes_any_honest_prediction_and_wraps(capsys):
+    bn.check.predicted("lost", 28, 30.0, low=0, high=100, explain="Because. " * 20, fmt=".0f")
+    bn.check.predicted("lost", 5, 30.0, low=0, high=100, explain="Because.", fmt=".0f")
+    out = capsys.readouterr().out
+    assert "spot on" in out and "below the run by 25" in out
+    assert max(len(line) for line in out.splitlines()) <= 88
+
+
+@pytest.mark.parametrize(("guess", "message"), [(None, "as a number"), (float("nan"), "as a number"),
+                                                ("25", "as a number"), (True, "as a number"),
+                                                (150, "outside")])
+def test_predicted_refuses_a_prediction_not_made(guess, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.predicted("lost", guess, 30.0, low=0, high=100, explain="")
+
+
+def test_predicted_speaks_chinese(monkeypatch, capsys):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    bn.check.predicted("lost", 40, 30.0, low=0, high=100, explain="因为。", fmt=".0f")
+    assert "比测量值高 10" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="不在"):
+        bn.check.predicted("lost", -1, 30.0, low=0, high=100, explain="")
