@@ -6,114 +6,85 @@ import torch
 import bncourse as bn
 from bncourse.teach.check import CheckFailed
 
-# --- merge_shards ---------------------------------------------------------------------------------
+# --- within_fraction ------------------------------------------------------------------------------
 
 
-def merge_right(a, b):
-    (n_a, mean_a, var_a), (n_b, mean_b, var_b) = a, b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return n, mean_a + delta * n_b / n, (n_a * var_a + n_b * var_b) / n + delta**2 * n_a * n_b / n**2
+def within_right(m, batch):
+    return (m - 1) / m * batch / (batch - 1)
 
 
-def merge_with_package(a, b):  # the layer's own merge: also right
-    counts = torch.tensor([a[0], b[0]])
-    n, mean, m2 = bn.sync.merge_moments(counts, torch.stack([a[1], b[1]]),
-                                        torch.stack([a[2] * a[0], b[2] * b[0]]))
-    return int(n), mean, m2 / n
-
-
-def merge_plain_means(a, b):
-    n, _, var = merge_right(a, b)
-    return n, (a[1] + b[1]) / 2, var
-
-
-def merge_no_spread(a, b):
-    n = a[0] + b[0]
-    return n, (a[0] * a[1] + b[0] * b[1]) / n, (a[0] * a[2] + b[0] * b[2]) / n
-
-
-def merge_plain_variances(a, b):
-    n, mean, _ = merge_right(a, b)
-    return n, mean, (a[2] + b[2]) / 2
-
-
-def merge_unbiased(a, b):
-    n, mean, var = merge_right(a, b)
-    return n, mean, var * n / (n - 1)
-
-
-def merge_sum_of_squares(a, b):  # E[x^2] - E[x]^2, in the input's precision
-    n = a[0] + b[0]
-    mean = (a[0] * a[1] + b[0] * b[1]) / n
-    squares = a[0] * (a[2] + a[1] ** 2) + b[0] * (b[2] + b[1] ** 2)
-    return n, mean, squares / n - mean**2
-
-
-def merge_not_done(a, b):
-    raise NotImplementedError
-
-
-@pytest.mark.parametrize("fn", [merge_right, merge_with_package])
-def test_merge_shards_accepts_right_answers(fn, capsys):
-    bn.check.merge_shards(fn)
-    assert "merge_shards: correct" in capsys.readouterr().out
+def test_within_fraction_accepts_the_right_answer(capsys):
+    bn.check.within_fraction(within_right)
+    bn.check.within_fraction(lambda m, b: torch.tensor(1 - 1 / m) / (1 - 1 / b))  # a tensor is a number
+    assert "within_fraction: correct" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("fn", "message"),
     [
-        (merge_plain_means, "plain average of the two means"),
-        (merge_no_spread, "count-weighted average of the two variances"),
-        (merge_plain_variances, "plain average of the two variances"),
-        (merge_unbiased, "unbiased variance"),
-        (merge_sum_of_squares, "E\\[x\\^2\\] - E\\[x\\]\\^2, cancels catastrophically in float32"),
-        (merge_not_done, "not attempted yet"),
+        (lambda m, b: (m - 1) / m, r"short of sigma\^2, by the factor \(B - 1\) / B"),
+        (lambda m, b: (m - 1) / m * (b - 1) / b, "upside down: E\\[var_B\\]"),
+        (lambda m, b: m / b, "share of the examples"),
+        (lambda m, b: 0.3, "wrong fraction.*a simulation of 4,000 batches measures"),
+        (lambda m, b: "half", "return one number"),
+        (lambda m, b: None, "return one number"),
     ],
 )
-def test_merge_shards_names_the_mistake(fn, message):
+def test_within_fraction_names_the_mistake(fn, message):
     with pytest.raises(CheckFailed, match=message):
-        bn.check.merge_shards(fn)
+        bn.check.within_fraction(fn)
 
 
-# --- batch_renorm ---------------------------------------------------------------------------------
+def test_within_fraction_speaks_chinese(monkeypatch):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed, match="还要除以它"):
+        bn.check.within_fraction(lambda m, b: (m - 1) / m)
 
 
-def renorm(x, running_mean, running_std, r_max, d_max, eps, *, clip=True, sign=1.0, r_up=True):
-    mean, var = x.mean(0), x.var(0, unbiased=False)
-    std = torch.sqrt(var + eps)
-    r = std / running_std if r_up else running_std / std
-    d = sign * (mean - running_mean) / running_std
-    if clip:
-        r, d = r.clamp(1 / r_max, r_max), d.clamp(-d_max, d_max)
-    return (x - mean) / std * r + d
+# --- per_device_fix (diagnose) ----------------------------------------------------------------------
 
 
-def renorm_in_place(x, running_mean, running_std, r_max, d_max, eps):
-    out = renorm(x, running_mean, running_std, r_max, d_max, eps)
-    running_mean.lerp_(x.mean(0), 0.1)
-    return out
+def _train(seed, ghost):
+    from bncourse.smallbatch import GhostBatchNorm, replace_norms
+
+    raw = bn.data.digits()
+    data = bn.data.Split(raw.x_train.double() / 16, raw.y_train, raw.x_test.double() / 16, raw.y_test)
+
+    def build():
+        net = bn.models.mlp([64, 64, 64, 10], norm="bn").double()
+        if ghost < 32:
+            replace_norms(net, lambda m: GhostBatchNorm.like(m, ghost))
+        return net
+
+    return bn.train(build, data, 84, 0.1, seeds=[seed], batch_size=32, progress=False).models[0]
 
 
-@pytest.mark.parametrize(
-    ("fn", "message"),
-    [
-        (lambda *a: renorm(*a, clip=False), "r and d are not clipped"),
-        (lambda *a: renorm(*a, sign=-1.0), "d has the wrong sign"),
-        (lambda *a: renorm(*a, r_up=False), "r is upside down"),
-        (lambda x, m, s, r, d, eps: renorm(x, m, s, r, d, 0.0), "eps is missing"),
-        (lambda x, *a: (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + a[-1]), "plain batch norm"),
-        (renorm_in_place, "changed running_mean or running_std"),
-    ],
-)
-def test_batch_renorm_names_the_mistake(fn, message):
-    with pytest.raises(CheckFailed, match=message):
-        bn.check.batch_renorm(fn)
+@pytest.mark.parametrize("ghost", [32, 8])  # synchronized (the whole batch), or groups of 4 devices
+def test_per_device_fix_accepts_the_fixes(ghost, capsys):
+    bn.check.per_device_fix(lambda seed: _train(seed, ghost))
+    assert "per_device_fix: correct" in capsys.readouterr().out
 
 
-def test_batch_renorm_accepts_the_right_answer(capsys):
-    bn.check.batch_renorm(renorm)
-    assert "batch_renorm: correct" in capsys.readouterr().out
+def test_per_device_fix_names_the_mistake():
+    with pytest.raises(CheckFailed, match="still normalizes runs of 2 examples"):
+        bn.check.per_device_fix(lambda seed: _train(seed, 2))  # the bug, unfixed
+    with pytest.raises(CheckFailed, match="still normalizes runs of 4 examples"):
+        bn.check.per_device_fix(lambda seed: _train(seed, 4))  # groups too small
+    untrained = bn.models.mlp([64, 64, 64, 10], norm="bn").double()
+    with pytest.raises(CheckFailed, match="reaches only"):
+        bn.check.per_device_fix(lambda seed: untrained)
+    with pytest.raises(CheckFailed, match="no batch norm layer left"):
+        bn.check.per_device_fix(lambda seed: bn.models.mlp([64, 64, 64, 10], norm=None))
+    with pytest.raises(CheckFailed, match="return the trained network"):
+        bn.check.per_device_fix(lambda seed: 0.97)
+    with pytest.raises(CheckFailed, match="not attempted yet"):
+        bn.check.per_device_fix(lambda seed: exec("raise NotImplementedError"))
+
+
+def test_per_device_fix_speaks_chinese(monkeypatch):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed, match="每 2 个样本一组"):
+        bn.check.per_device_fix(lambda seed: _train(seed, 2))
 
 
 # --- sync_crossover -------------------------------------------------------------------------------
@@ -296,31 +267,45 @@ def test_ghost_running_names_the_mistake(fn, message):
         bn.check.ghost_running(fn)
 
 
-# --- renorm_bounds ------------------------------------------------------------------------------------
-
-
-def bounds_right(step, warmup, ramp, r_max, d_max):
-    t = 1.0 if ramp == 0 else min(1.0, max(0.0, (step - warmup) / ramp))
-    if step < warmup:
-        t = 0.0
-    return 1 + t * (r_max - 1), t * d_max
-
-
-def test_renorm_bounds_accepts_the_right_answer(capsys):
-    bn.check.renorm_bounds(bounds_right)
-    assert "renorm_bounds: correct" in capsys.readouterr().out
-
-
 @pytest.mark.parametrize(
-    ("fn", "message"),
+    ("check", "fn"),
     [
-        (lambda s, w, r, rm, dm: bounds_right(s, 0, r, rm, dm), "the ramp starts at step 0"),
-        (lambda s, w, r, rm, dm: (rm / dm * bounds_right(s, w, r, rm, dm)[1],
-                                  bounds_right(s, w, r, rm, dm)[1]), "not from 0"),
-        (lambda s, w, r, rm, dm: (1.0, 0.0), "never open"),
-        (lambda s, w, r, rm, dm: (rm, dm), "applied from the start"),
+        (bn.check.group_size, lambda k, b, e: k),
+        (bn.check.sync_crossover, lambda c, p: 2),
+        (bn.check.ghost_norm, lambda x, g, eps: x),
+        (bn.check.ghost_running, lambda x, g, m0, v0, mom: (m0, v0)),
+        (bn.check.merge_on_device, lambda c, m, v: (c.sum(), m.mean(0), v.sum(0) / c.sum())),
     ],
 )
-def test_renorm_bounds_names_the_mistake(fn, message):
+def test_the_checks_speak_chinese(monkeypatch, check, fn):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed) as info:
+        check(fn)
+    assert "：" in str(info.value) and not any(w in str(info.value) for w in (" the ", " is ", "wrong"))
+
+
+# --- predicted (the predict exercises) ------------------------------------------------------------------
+
+
+def test_predicted_passes_any_honest_prediction_and_wraps(capsys):
+    bn.check.predicted("lost", 28, 30.0, low=0, high=100, explain="Because. " * 20, fmt=".0f")
+    bn.check.predicted("lost", 5, 30.0, low=0, high=100, explain="Because.", fmt=".0f")
+    out = capsys.readouterr().out
+    assert "spot on" in out and "below the run by 25" in out
+    assert max(len(line) for line in out.splitlines()) <= 88
+
+
+@pytest.mark.parametrize(("guess", "message"), [(None, "as a number"), (float("nan"), "as a number"),
+                                                ("25", "as a number"), (True, "as a number"),
+                                                (150, "outside")])
+def test_predicted_refuses_a_prediction_not_made(guess, message):
     with pytest.raises(CheckFailed, match=message):
-        bn.check.renorm_bounds(fn)
+        bn.check.predicted("lost", guess, 30.0, low=0, high=100, explain="")
+
+
+def test_predicted_speaks_chinese(monkeypatch, capsys):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    bn.check.predicted("lost", 40, 30.0, low=0, high=100, explain="因为。", fmt=".0f")
+    assert "比测量值高 10" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="不在"):
+        bn.check.predicted("lost", -1, 30.0, low=0, high=100, explain="")
