@@ -288,20 +288,7 @@ def test_layer_norm_backward_names_the_mistake(kw, message):
         bn.check.layer_norm_backward(lambda dout, x, gamma, eps: ln_backward(dout, x, gamma, eps, **kw))
 
 
-# ---- norm_after_step and variance_shift ------------------------------------------------------
-
-
-def test_norm_after_step():
-    bn.check.norm_after_step(lambda w, g, lr, wd: math.hypot((1 - lr * wd) * w, lr * g))
-    cases = [
-        (lambda w, g, lr, wd: (1 - lr * wd) * w, "gradient step is missing"),
-        (lambda w, g, lr, wd: (1 - lr * wd) * w + lr * g, "Pythagoras"),
-        (lambda w, g, lr, wd: math.hypot((1 - wd) * w, lr * g), "learning rate multiplies"),
-        (lambda w, g, lr, wd: ((1 - lr * wd) * w) ** 2 + (lr * g) ** 2, "square root"),
-    ]
-    for fn, message in cases:
-        with pytest.raises(CheckFailed, match=message):
-            bn.check.norm_after_step(fn)
+# ---- variance_shift ---------------------------------------------------------------------------
 
 
 def test_variance_shift():
@@ -356,7 +343,7 @@ def test_not_attempted_is_reported():
     def todo(*args):
         raise NotImplementedError
 
-    for check in (bn.check.bn_backward_spatial, bn.check.layer_norm_backward, bn.check.norm_after_step,
+    for check in (bn.check.bn_backward_spatial, bn.check.layer_norm_backward,
                   bn.check.variance_shift):
         with pytest.raises(CheckFailed, match="not attempted"):
             check(todo)

@@ -10,6 +10,7 @@ from .devices import *  # noqa: F403
 from .flow import *  # noqa: F403
 from .hardware import *  # noqa: F403
 from .inference import *  # noqa: F403
+from .layers_practice import *  # noqa: F403
 from .practice import *  # noqa: F403
 from .problem import *  # noqa: F403
 from .scaling import *  # noqa: F403
