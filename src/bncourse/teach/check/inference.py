@@ -13,9 +13,10 @@ import torch.nn.functional as torch_F
 from ...lab import inference as inf
 from ...lab.data import Split, digits
 from ...lab.device import default_device, generator
-from .core import CheckFailed, as_tensor, passed, run, say
+from .core import CheckFailed, as_tensor, passed, prediction, run, say
 
-__all__ = ["batch_mean_std", "group_norm", "population_stats", "ported_momentum", "running_mean_noise"]
+__all__ = ["batch_mean_std", "fading_start", "group_norm", "population_stats", "ported_momentum",
+           "running_mean_noise"]
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
@@ -119,6 +120,24 @@ def population_stats(fn) -> None:
             zh=f"{name}：方差不对（{what}）：应为 {ref_var.tolist()}，得到 {var.tolist()}"))
     passed(name, say(en=f"exact on {len(cases)} sets of unequal chunks, one far from 0, float32",
                      zh=f"在 {len(cases)} 组大小不等的数据块上精确，其中一组远离 0，float32"))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def fading_start(guess, measured: int) -> None:
+    """Check the predict exercise of 04a: the number of batches of mean 10 after which a fresh
+    layer's running mean (momentum 0.1, starting at 0) is first within 1% of 10 in every channel."""
+    prediction("fading_start", guess, measured, low=1, high=10_000, fmt=".0f", explain=say(
+        en="The initial value 0 still weighs 0.9^n after n batches, so the running mean is "
+           "10 (1 - 0.9^n): within 0.1 of 10 needs 0.9^n < 0.01, n >= 44, more than twice the "
+           "effective window of 19 batches. The window says how many batches the estimate "
+           "averages, not how fast it forgets a start far away; the noise of the batch means "
+           "moves the crossing by a batch or two.",
+        zh="n 批之后，初始值 0 仍占 0.9^n 的权重，所以滑动平均均值是 10 (1 - 0.9^n)："
+           "要与 10 相差不到 0.1，需要 0.9^n < 0.01，即 n >= 44，是有效窗口（19 批）的两倍多。"
+           "窗口说的是估计平均了多少批，而不是它多快忘掉一个远离真值的起点；"
+           "批均值的噪声会让越过的时刻前后差一两批。"))
 
 
 # ---------------------------------------------------------------------------------------------
