@@ -76,6 +76,30 @@ def test_population_stats_mistakes_are_named(fn, message):
         bn.check.population_stats(fn)
 
 
+# --- fading_start (predict) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_fading_start_passes_any_honest_prediction_folded_to_the_column(lang, monkeypatch, capsys):
+    monkeypatch.setenv("BNCOURSE_LANG", lang)
+    for guess in (10, 44, 500):
+        bn.check.fading_start(guess, 46)
+        out = capsys.readouterr().out
+        assert out.startswith("✔ fading_start")
+        assert max(len(line) for line in out.splitlines()) <= 88
+    assert "0.9^n" in out
+
+
+@pytest.mark.parametrize(("guess", "message"), [
+    (None, "expected your prediction as a number"),
+    ("44", "expected your prediction as a number"),
+    (0, "outside"),
+])
+def test_fading_start_wants_a_prediction(guess, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.fading_start(guess, 46)
+
+
 # --- ported_momentum (diagnose) ------------------------------------------------------------------
 
 
@@ -101,6 +125,7 @@ def test_ported_momentum_fixes_pass(fn, capsys):
     bn.check.ported_momentum(fn)
     out = capsys.readouterr().out
     assert "✔ ported_momentum: correct" in out
+    assert max(len(line) for line in out.splitlines()) <= 88
 
 
 @pytest.mark.parametrize(("fn", "message"), [
@@ -108,6 +133,7 @@ def test_ported_momentum_fixes_pass(fn, capsys):
     (script(0.0), "never updates the buffers"),
     (script(None), "cumulative average"),
     (lambda data, seeds: None, "return the trained networks"),
+    (lambda data, seeds: [torch.nn.Linear(64, 10) for _ in seeds], "no batch-norm layer"),
     (not_done, "not attempted"),
 ])
 def test_ported_momentum_wrong_fixes_are_named(fn, message):
@@ -310,7 +336,7 @@ def test_passes_speak_chinese(monkeypatch, capsys):
 
 
 def test_checks_are_exported():
-    for name in ("population_stats", "ported_momentum", "running_mean_noise", "batch_mean_std",
-                 "group_norm"):
+    for name in ("population_stats", "fading_start", "ported_momentum", "running_mean_noise",
+                 "batch_mean_std", "group_norm"):
         assert name in bn.check.inference.__all__
         assert callable(getattr(bn.check, name))

@@ -4,8 +4,11 @@ the running mean, and group normalization. Every message comes in English and Ch
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
+import textwrap
 
 import torch
 import torch.nn.functional as torch_F
@@ -28,6 +31,15 @@ def _pair(out, name: str, first: str, second: str):
         raise CheckFailed(say(en=f"{name}: return a pair ({first}, {second}), got {type(out).__name__}",
                               zh=f"{name}：应返回一对 ({first}, {second})，得到的是 {type(out).__name__}"))
     return out
+
+
+def _fitted(print_it, *args, **kwargs) -> None:
+    """Run ``print_it`` (a pass message) and print what it printed folded to the book's 88 columns."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_it(*args, **kwargs)
+    for line in out.getvalue().splitlines():
+        print(textwrap.fill(line, 88, subsequent_indent="  ") if len(line) > 88 else line)
 
 
 def _failed(name: str, hint: str, what: str) -> CheckFailed:
@@ -128,7 +140,7 @@ def population_stats(fn) -> None:
 def fading_start(guess, measured: int) -> None:
     """Check the predict exercise of 04a: the number of batches of mean 10 after which a fresh
     layer's running mean (momentum 0.1, starting at 0) is first within 1% of 10 in every channel."""
-    prediction("fading_start", guess, measured, low=1, high=10_000, fmt=".0f", explain=say(
+    _fitted(prediction, "fading_start", guess, measured, low=1, high=10_000, fmt=".0f", explain=say(
         en="The initial value 0 still weighs 0.9^n after n batches, so the running mean is "
            "10 (1 - 0.9^n): within 0.1 of 10 needs 0.9^n < 0.01, n >= 44, more than twice the "
            "effective window of 19 batches. The window says how many batches the estimate "
@@ -204,7 +216,7 @@ def ported_momentum(fn) -> None:
     # Measured (8 seeds, batches of 8, 600 steps): the bug gives 0.33-0.53 and 1-8 points; PyTorch's
     # momentum 0.01 (the Keras value converted) 0.06-0.10 and 0-3 points, 0.1 0.07-0.10 and 0-1.
     if var_err.mean() < 0.2 and gap < 3.5:
-        passed(name, say(
+        _fitted(passed, name, say(
             en=f"the stored variance is within a factor {factor:.2f} of the exact one on average, "
                f"and eval mode is {gap:.1f} points from exact statistics ({len(nets)} new seeds)",
             zh=f"保存的方差与精确方差平均相差不到 {factor:.2f} 倍，评估模式与精确统计量的准确率相差 "
