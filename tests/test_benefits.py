@@ -7,6 +7,7 @@ from torch import nn
 from bncourse import nn as bnn
 from bncourse.lab import benefits, models
 from bncourse.lab.data import Split
+from bncourse.lab.trainer import built, each, train
 
 
 def tiny_split(n=120, seed=0) -> Split:
@@ -79,6 +80,33 @@ def test_lr_sweep_trains_each_seed_and_flags_divergence():
     assert torch.equal(again.test_acc[0], sweep.test_acc[0])  # seeded: reproducible
     with pytest.raises(ValueError, match="at least one"):
         benefits.lr_sweep(make, split, [], steps=5)
+
+
+def test_sweep_records_the_first_loss_and_each_layers_update_to_weight_ratio():
+    split = tiny_split()
+    make = lambda: models.mlp([8, 16, 3], "relu", norm="bn")  # noqa: E731
+    sweep = benefits.lr_sweep(make, split, [0.1, 0.5], steps=6, seeds=(0, 1), batch_size=20,
+                              record_at=[0, 1, 6])
+    assert sweep.record_steps == [0, 1, 6]
+    assert sweep.weight_norm.shape == sweep.update_ratio.shape == (2, 2, 3, 2)
+    assert (sweep.update_ratio[:, :, 0] == 0).all()  # step 0: no update yet
+    # member (rate 0.5, seed 1), stepped by hand: the same batches, plain SGD
+    model = built(make, 1)
+    start = [m.weight.norm().item() for m in model if isinstance(m, nn.Linear)]
+    torch.testing.assert_close(sweep.weight_norm[1, 1, 0], torch.tensor(start, dtype=torch.float64))
+    runs = train([model], split, 1, 0.5, seeds=[1], batch_size=20, progress=False)
+    assert sweep.first_loss[1, 1].item() == pytest.approx(runs.step_loss[0, 0].item(), rel=1e-5)
+    after = [m.weight.norm().item() for m in model if isinstance(m, nn.Linear)]
+    torch.testing.assert_close(sweep.weight_norm[1, 1, 1], torch.tensor(after, dtype=torch.float64),
+                               rtol=1e-5, atol=0)
+    again = built(make, 1)
+    step = [(a.weight - b.weight).norm().item() for a, b in zip(again, model, strict=True)
+            if isinstance(a, nn.Linear)]
+    expected = torch.tensor(step, dtype=torch.float64) / torch.tensor(after, dtype=torch.float64)
+    torch.testing.assert_close(sweep.update_ratio[1, 1, 1], expected, rtol=1e-4, atol=0)
+    assert sweep.reached(0.0).all() and not sweep.reached(1.1).any()
+    with pytest.raises(ValueError, match="record_at"):
+        benefits.lr_sweep(make, split, [0.1], steps=6, seeds=(0,), record_at=[7])
 
 
 def test_scale_sweep_at_scale_one_is_the_plain_run_and_scales_the_weights():
@@ -223,11 +251,46 @@ def test_preactivation_stats_average_each_layers_units():
     x = torch.randn(30, 8) * 2 + 1
     stats = benefits.preactivation_stats(model, x)
     z = benefits.preactivations(model, x)
-    assert set(stats) == {"spread", "offset", "sigmoid_slope", "sigmoid_slope_rms"}
+    assert set(stats) == {"spread", "offset", "offset_rms", "sigmoid_slope", "sigmoid_slope_rms",
+                          "sigmoid_mean_sq"}
     assert stats["spread"].shape == (2,)
     torch.testing.assert_close(stats["spread"][1], z[1].std(0, unbiased=False).mean())
     torch.testing.assert_close(stats["offset"][0], z[0].mean(0).abs().mean())
     s = torch.sigmoid(z[0])
     torch.testing.assert_close(stats["sigmoid_slope"][0], (s * (1 - s)).mean())
     torch.testing.assert_close(stats["sigmoid_slope_rms"][0], (s * (1 - s)).pow(2).mean().sqrt())
+    torch.testing.assert_close(stats["offset_rms"][1], z[1].mean(0).pow(2).mean().sqrt())
+    torch.testing.assert_close(stats["sigmoid_mean_sq"][0], torch.sigmoid(z[0]).mean(0).pow(2).mean())
     assert (stats["sigmoid_slope"] <= 0.25).all()
+    assert (stats["offset_rms"] >= stats["offset"]).all()  # rms >= mean of |.|
+
+
+def test_first_steps_records_the_head_probe_for_the_first_steps_only():
+    split = tiny_split()
+    model = built(lambda: models.mlp([8, 6, 5, 3], "sigmoid"), 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = benefits.FirstSteps(model, model[-2], split.x_train, split.y_train, steps=3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    row0 = benefits.head_probe(model, split.x_train, split.y_train)
+    z = model[:3](split.x_train).detach()  # the input of the last hidden sigmoid
+    runs = train([model], split, 5, 0.5, seeds=[0], batch_size=20, progress=False,
+                 on_step=each([first]))
+    assert len(runs.step_loss[0]) == 5
+    values = first.values
+    assert values.shape == (4, 4)  # step 0 and the first 3 steps
+    torch.testing.assert_close(values[0, :3], torch.tensor(row0, dtype=torch.float64))
+    assert values[0, 3].item() == pytest.approx(z.median(0).values.median().item(), abs=1e-6)
+    after3 = built(lambda: models.mlp([8, 6, 5, 3], "sigmoid"), 0)  # the same run, 3 steps
+    train([after3], split, 3, 0.5, seeds=[0], batch_size=20, progress=False)
+    torch.testing.assert_close(values[3, :3], torch.tensor(
+        benefits.head_probe(after3, split.x_train, split.y_train), dtype=torch.float64),
+        rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="steps"):
+        benefits.FirstSteps(model, model[-2], split.x_train, split.y_train, steps=0)
+    with pytest.raises(ValueError, match="submodule"):
+        benefits.FirstSteps(model, nn.Sigmoid(), split.x_train, split.y_train)
+    normed = built(lambda: models.mlp([8, 6, 5, 3], "sigmoid", norm="bn"), 0)
+    before = {k: v.clone() for k, v in normed.state_dict().items()}
+    benefits.FirstSteps(normed.eval(), normed[-2], split.x_train, split.y_train)
+    assert all(torch.equal(v, normed.state_dict()[k]) for k, v in before.items())
+    assert not any(m.training for m in normed.modules())  # its mode is left as it was

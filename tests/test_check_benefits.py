@@ -137,22 +137,22 @@ def test_unattempted_exercises_say_so(name):
 
 
 # ---------------------------------------------------------------------------------- steps_fraction
-def fraction_reference(plain, normed):
-    target = plain.test_acc[-1]
-    for step, acc in zip(normed.eval_step, normed.test_acc, strict=True):
+def fraction_reference(eval_step, plain_acc, bn_acc):
+    target = plain_acc[-1]
+    for step, acc in zip(eval_step, bn_acc, strict=True):
         if acc >= target:
-            return step / plain.eval_step[-1]
+            return step / eval_step[-1]
     return None
 
 
-def fraction_variant(plain, normed, *, target=None, strict=False, indices=False, saved=False,
-                     raw=False, never=0.0):
-    target = plain.test_acc[-1] if target is None else target(plain)
-    for i, (step, acc) in enumerate(zip(normed.eval_step, normed.test_acc, strict=True)):
+def fraction_variant(eval_step, plain_acc, bn_acc, *, target=None, strict=False, indices=False,
+                     saved=False, raw=False, never=0.0):
+    target = plain_acc[-1] if target is None else target(plain_acc)
+    for i, (step, acc) in enumerate(zip(eval_step, bn_acc, strict=True)):
         if (acc > target) if strict else (acc >= target):
             if raw:
                 return step
-            value = i / (len(normed.eval_step) - 1) if indices else step / plain.eval_step[-1]
+            value = i / (len(eval_step) - 1) if indices else step / eval_step[-1]
             return 1 - value if saved else value
     return never
 
@@ -163,14 +163,14 @@ def test_steps_fraction_accepts_the_reference(capsys):
 
 
 @pytest.mark.parametrize("wrong, message", [
-    (lambda p, n: fraction_variant(p, n, target=lambda h: max(h.test_acc), never=None), "not its best"),
-    (lambda p, n: fraction_variant(p, n, strict=True, never=None), "compare with >="),
-    (lambda p, n: fraction_variant(p, n, indices=True, never=None), "evaluation indices"),
-    (lambda p, n: fraction_variant(p, n, saved=True, never=None), "steps saved"),
-    (lambda p, n: fraction_variant(p, n, raw=True, never=None), "number of steps"),
-    (lambda p, n: fraction_variant(p, n, never=1.0), "return None"),
-    (lambda p, n: fraction_reference(n, p), "returned None, but"),
-    (lambda p, n: "0.5", "a fraction"),
+    (lambda s, p, n: fraction_variant(s, p, n, target=lambda a: max(a), never=None), "not its best"),
+    (lambda s, p, n: fraction_variant(s, p, n, strict=True, never=None), "compare with >="),
+    (lambda s, p, n: fraction_variant(s, p, n, indices=True, never=None), "evaluation indices"),
+    (lambda s, p, n: fraction_variant(s, p, n, saved=True, never=None), "steps saved"),
+    (lambda s, p, n: fraction_variant(s, p, n, raw=True, never=None), "number of steps"),
+    (lambda s, p, n: fraction_variant(s, p, n, never=1.0), "return None"),
+    (lambda s, p, n: fraction_reference(s, n, p), "returned None, but"),
+    (lambda s, p, n: "0.5", "a fraction"),
 ])
 def test_steps_fraction_names_the_mistake(wrong, message):
     with pytest.raises(CheckFailed, match=message):

@@ -97,6 +97,22 @@ def test_trace_norms_records_every_step_and_the_norm_shrinks_with_decay():
     assert trace.grad_norms.shape == (2, 30, 1) and (trace.grad_norms > 0).all()
 
 
+def test_trace_norms_records_the_angle_between_successive_weights():
+    x, y = blobs(n=96)
+    data = bn.data.Split(x, y, x, y)
+    models = [bn.trainer.built(lambda: bn.models.mlp([8, 16, 16, 3], norm="bn"), s) for s in (0, 1)]
+    before = [[w.detach().clone() for w in weight_decay.scale_invariant_weights(m)] for m in models]
+    trace = weight_decay.trace_norms(models, data, steps=1, lr=0.5, weight_decay=0.1, batch_size=16,
+                                     seeds=[0, 1])
+    assert trace.norms.dtype == trace.angles.dtype == torch.float64
+    for i, model in enumerate(models):
+        after = weight_decay.scale_invariant_weights(model)
+        for j, (w0, w1) in enumerate(zip(before[i], after, strict=True)):
+            assert trace.angles[i, 0, j].item() == pytest.approx(weight_decay.angle(w0, w1), rel=1e-9)
+            assert trace.norms[i, 0, j].item() == pytest.approx(w0.double().norm().item(), rel=1e-12)
+            assert trace.norms[i, 1, j].item() == pytest.approx(w1.double().norm().item(), rel=1e-12)
+
+
 def test_trace_norms_decays_only_the_scale_invariant_weights_as_pytorch_would():
     x, y = blobs(n=96)
     bn.seed_everything(0)
@@ -175,6 +191,40 @@ def test_variance_ratios_reduce_per_channel_for_images():
     assert len(ratios) == 3 and abs(ratios[0] - 1) < 1e-3
 
 
+
+def test_linear_shift_predicts_the_ratio_behind_the_first_dropout():
+    x, _ = blobs(n=2048, features=8)
+    bn.seed_everything(0)
+    model = dropout_shift.dropout_mlp([8, 32, 32, 32, 3], 0.5, "before_bn")
+    with torch.no_grad():
+        for layer in bn.inference.bn_layers(model):
+            layer.momentum = None                    # cumulative: the exact running variance
+        for _ in range(50):                          # many dropout masks, one per pass
+            model.train()(x)
+    measured = dropout_shift.variance_ratios(model, x)
+    found = dropout_shift.linear_shift(model, x)
+    assert [t.layer for t in found] == [2, 3]
+    # layer 2's inputs are distributed alike in training and at test: the formula is the measurement
+    assert found[0].predicted == pytest.approx(measured[1], abs=0.03)
+    for t in found:
+        assert t.independent <= 0.5 + 1e-9                   # at most 1 - p without covariances
+        assert t.covariance_share < 1 and -1 < t.mean_correlation < 1
+    assert model.training
+    with pytest.raises(ValueError, match="Dropout -> Linear"):
+        dropout_shift.linear_shift(dropout_shift.dropout_mlp([8, 16, 3], 0.5, "after_bn"), x)
+
+
+def test_linear_shift_of_independent_units_is_the_single_unit_ratio():
+    g = torch.Generator().manual_seed(1)
+    h = torch.relu(torch.randn(200_000, 4, generator=g, dtype=torch.float64))
+    model = nn.Sequential(nn.Dropout(0.5), nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3)).double()
+    found = dropout_shift.linear_shift(model, h)[0]
+    single = dropout_shift.dropout_variance_ratio(h.mean().item(), h.var().item(), 0.5)
+    assert found.layer == 1
+    assert found.independent == pytest.approx(single, rel=0.01)
+    assert found.predicted == pytest.approx(single, rel=0.02)
+    assert abs(found.mean_correlation) < 0.01
+
 # ---- finetune ---------------------------------------------------------------------------------------
 
 
@@ -241,3 +291,22 @@ def test_fine_tune_strategies(strategy):
             assert not torch.equal(layer.running_mean, old["1.running_mean"])
     with pytest.raises(ValueError, match="strategy"):
         finetune.fine_tune(models, x, y, "sync", steps=1, lr=0.1, batch_size=4)
+
+
+def test_fine_tune_takes_one_sample_per_model_and_a_test_set():
+    x, y = blobs(n=48)
+    models = [bn.trainer.built(lambda: bn.models.mlp([8, 16, 3], norm="bn"), s) for s in (0, 1)]
+    xs, ys = [x[:32], x[16:]], [y[:32], y[16:]]
+    tuned, runs = finetune.fine_tune(models, xs, ys, "re-estimated", steps=5, lr=0.05, batch_size=4,
+                                     seeds=[0, 1], test=(x, y))
+    for model, start, sample in zip(tuned, models, xs, strict=True):  # its own sample's, then held
+        hidden = sample @ start[0].weight.T
+        torch.testing.assert_close(model[1].running_mean, hidden.mean(0), atol=1e-4, rtol=1e-4)
+    for model, acc in zip(tuned, runs.test_acc[:, -1], strict=True):
+        assert bn.inference.accuracy(model, x, y) == pytest.approx(acc.item(), abs=1e-6)
+    alone, _ = finetune.fine_tune(models[1:], x[16:], y[16:], "re-estimated", steps=5, lr=0.05,
+                                  batch_size=4, seeds=[1])
+    for a, b in zip(alone[0].parameters(), tuned[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="one per model"):
+        finetune.fine_tune(models, [x], y, "train", steps=1, lr=0.1, batch_size=4, seeds=[0, 1])

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import bncourse as bn
-from bncourse.smallbatch import BatchRenorm, GhostBatchNorm, relax_renorm, replace_norms
+from bncourse.smallbatch import BatchRenorm, GhostBatchNorm, replace_norms
 from conftest import tolerances
 
 F64 = tolerances(torch.float64)
@@ -82,17 +82,84 @@ def test_batch_renorm_trains_as_it_infers_inside_the_bounds():
 
 def test_batch_renorm_errors_and_schedule():
     with pytest.raises(ValueError, match="r_max >= 1 and d_max >= 0, got 0.5 and 1"):
-        BatchRenorm(3, r_max=0.5, d_max=1)(torch.randn(4, 3))
+        BatchRenorm(3, r_max=0.5, d_max=1)
+    layer = BatchRenorm(3)
+    layer.r_max = 0.5
+    with pytest.raises(ValueError, match="r_max >= 1 and d_max >= 0, got 0.5 and 5"):
+        layer(torch.randn(4, 3))
     with pytest.raises(ValueError, match=r"BatchRenorm\(3\) expected 3 channels"):
         BatchRenorm(3)(torch.randn(4, 2))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         BatchRenorm(3)(torch.randn(1, 3))
-    model = nn.Sequential(nn.Linear(3, 3), BatchRenorm(3), nn.Sequential(BatchRenorm(3)))
-    for progress, r_max, d_max in [(0.0, 1.0, 0.0), (0.2, 1.0, 0.0), (0.4, 2.0, 2.5), (0.6, 3.0, 5.0),
-                                   (1.0, 3.0, 5.0)]:
-        relax_renorm(model, progress)
-        for m in (model[1], model[2][0]):
-            assert m.r_max == pytest.approx(r_max) and m.d_max == pytest.approx(d_max)
+    with pytest.raises(ValueError, match="warmup and ramp as ints >= 0"):
+        BatchRenorm(3, warmup=-1)
+    # plain batch norm for 2 steps, then bounds relaxed over 4 steps to r_max = 3, d_max = 5
+    layer = BatchRenorm(3, warmup=2, ramp=4)
+    seen = []
+    for _ in range(8):
+        r_max, d_max = layer.bounds()
+        seen += [r_max.item(), d_max.item()]
+        layer(torch.randn(6, 3))
+    assert seen == pytest.approx([1, 0, 1, 0, 1, 0, 1.5, 1.25, 2, 2.5, 2.5, 3.75, 3, 5, 3, 5])
+    assert layer.num_batches_tracked.item() == 8 and "warmup=2, ramp=4" in repr(layer)
+    assert BatchRenorm(3).bounds()[0].item() == 3  # no warm-up: the full bounds at once
+
+
+def test_batch_renorm_during_warmup_is_batch_norm():
+    g = torch.Generator().manual_seed(3)
+    layer = BatchRenorm(4, warmup=5, ramp=5, dtype=torch.float64)
+    with torch.no_grad():
+        layer.running_mean.normal_(generator=g)  # far from the batch's statistics
+        layer.running_std.uniform_(0.1, 5, generator=g)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), nn.functional.batch_norm(x, None, None, training=True), **F64)
+
+
+def test_without_bounds_the_gradient_still_goes_through_the_batch_statistics():
+    """Unbounded, r and d undo the batch statistics in the forward pass, which then computes the
+    inference normalization; the backward pass still sees mu_B and sigma_B (r, d are constants)."""
+    g = torch.Generator().manual_seed(4)
+    layer = BatchRenorm(3, r_max=1e9, d_max=1e9, affine=False, dtype=torch.float64)
+    with torch.no_grad():
+        layer.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        layer.running_std.copy_(torch.tensor([0.5, 2.0, 3.0]))
+    mu, sigma = layer.running_mean.clone(), layer.running_std.clone()
+    x = (torch.randn(16, 3, generator=g, dtype=torch.float64) * 2 + 1).requires_grad_()
+    dy = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    y = layer(x)
+    torch.testing.assert_close(y, (x - mu) / sigma, **F64)  # the inference normalization ...
+    y.backward(dy)
+    # ... but not its gradient dy / sigma: r times batch norm's, which sums to zero over the batch
+    x_hat = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + layer.eps)
+    std_b = torch.sqrt(x.var(0, unbiased=False) + layer.eps)
+    bn_grad = (dy - dy.mean(0) - x_hat * (dy * x_hat).mean(0)) / std_b
+    torch.testing.assert_close(x.grad, bn_grad * std_b / sigma, **F64)
+    assert x.grad.sum(0).abs().max() < 1e-12 and (dy / sigma).sum(0).abs().min() > 0.1
+
+
+def test_batch_renorm_and_ghost_batch_norm_train_stacked_as_alone():
+    """The trainer trains many seeds as one wide network: each member as a single run, the warm-up
+    and ramp of the bounds included (the step count is a buffer the members share)."""
+    data = bn.data.digits()
+    data = bn.data.Split(data.x_train[:256] / 16, data.y_train[:256], data.x_test[:64] / 16, data.y_test[:64])
+
+    def builds(kind):
+        def build():
+            model = bn.models.mlp([64, 16, 10], norm="bn")
+            if kind == "renorm":
+                return replace_norms(model, lambda m: BatchRenorm(m.num_features, warmup=3, ramp=6))
+            return replace_norms(model, lambda m: GhostBatchNorm.like(m, 4))
+        return build
+
+    for kind in ("renorm", "ghost"):
+        together = bn.train(builds(kind), data, 12, 0.1, seeds=[0, 1, 2], batch_size=16, progress=False)
+        for i, seed in enumerate([0, 1, 2]):
+            alone = bn.train(builds(kind), data, 12, 0.1, seeds=[seed], batch_size=16, progress=False)
+            for (key, a), b in zip(alone.models[0].state_dict().items(),
+                                   together.models[i].state_dict().values(), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{kind} {key}")
+        if kind == "renorm":
+            assert together.models[0][1].num_batches_tracked.item() == 12
 
 
 def test_ghost_batch_norm_normalizes_each_ghost_batch():

@@ -15,12 +15,22 @@ from bncourse.lab.distributed import (
     Cluster,
     WorkerError,
     data_parallel_train,
+    header_bytes,
     make_batches,
+    ring_values,
     sync_batch_norm_steps,
     train_one_process,
+    written,
 )
 from bncourse.smallbatch import GhostBatchNorm
-from bncourse.sync import SyncBatchNorm, local_moments, merge_moments
+from bncourse.sync import (
+    SyncBatchNorm,
+    SyncBatchNormFunction,
+    local_moments,
+    merge_moments,
+    pack_moments,
+    unpack_moments,
+)
 from conftest import tolerances
 
 TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
@@ -98,6 +108,89 @@ def test_k_processes_match_one_process_on_the_whole_batch(cluster, k, dims):
             assert all(sorted(c) == ["all_gather_single", "all_reduce", "bytes"] for c in r["train_calls"])
             assert all(c["all_gather_single"] == 1 and c["all_reduce"] == 1 for c in r["train_calls"])
             assert r["eval_calls"] == {}
+            # no tensor value comes back to Python in forward or backward (no .item(), bool(), ...)
+            assert r["host_syncs"] == [{}] * len(xs), r["host_syncs"]
+
+
+@pytest.mark.parametrize("groups", [[[0, 2], [1, 3]], [[0], [1, 2, 3]], [[0, 1, 2, 3]]],
+                         ids=["two-pairs", "one-alone", "all"])
+def test_a_process_group_synchronizes_only_its_members(cluster, groups):
+    sizes = [3, 5, 4, 0]
+    xs, douts = batches((12, 3, 4), torch.float64)
+    (ranks,) = cluster(4).map(sync_batch_norm_steps, [{"xs": xs, "douts": douts, "sizes": sizes,
+                                                        "groups": groups, "layer_kwargs": {"momentum": 0.3}}])
+    tol = tolerances(torch.float64)
+    for group in groups:
+        # the group's shards, concatenated: one process on the group's part of the batch
+        parts = [[t.split(sizes)[r] for r in group] for t in (xs[0], xs[1], douts[0], douts[1])]
+        if sum(sizes[r] for r in group) < 2:
+            continue
+        x_group, dout_group = [torch.cat(p) for p in parts[:2]], [torch.cat(p) for p in parts[2:]]
+        outs, dxs, grads, state = reference(x_group, dout_group, {"momentum": 0.3}, torch.float64)
+        for step in range(2):
+            bn.testing.assert_close(torch.cat([ranks[r]["out"][step] for r in group]), outs[step], **tol,
+                                    what=f"outputs of group {group}")
+            bn.testing.assert_close(torch.cat([ranks[r]["dx"][step] for r in group]), dxs[step], **tol,
+                                    what=f"input gradients of group {group}")
+        for r in group:
+            for key in ("running_mean", "running_var"):
+                bn.testing.assert_close(ranks[r]["state"][key], state[key], **tol, what=f"{key}, rank {r}")
+            expected = {} if len(group) == 1 else {"all_gather_single": 1, "all_reduce": 1}
+            calls = [{k: v for k, v in c.items() if k != "bytes"} for c in ranks[r]["train_calls"]]
+            assert calls == [expected, expected]
+
+
+def test_the_count_travels_exactly():
+    # a float32 count is exact only to 2**24: 2**24 + 1 rounds to 2**24
+    assert int(torch.tensor(2**24 + 1, dtype=torch.float32)) == 2**24
+    for dtype in (torch.float32, torch.float64):
+        counts = [2**40 + 3, 2**24 + 1, 0, 7]
+        means = torch.randn(4, 5, dtype=dtype)
+        m2s = torch.rand(4, 5, dtype=dtype)
+        packed = torch.stack([pack_moments(c, m, v) for c, m, v in zip(counts, means, m2s, strict=True)])
+        assert packed.dtype == dtype and packed.shape == (4, 10 + 8 // dtype.itemsize)
+        got_counts, got_means, got_m2s = unpack_moments(packed, 5)
+        assert got_counts.dtype == torch.int64 and got_counts.tolist() == counts
+        assert torch.equal(got_means, means) and torch.equal(got_m2s, m2s)
+        n, _, _ = merge_moments(got_counts, got_means, got_m2s)
+        assert n.dtype == torch.int64 and n.item() == sum(counts)
+
+
+def test_ring_values():
+    # the network of chapter 8: two layers of 64 channels, 9098 parameters
+    v = ring_values(4, [64, 64], 9098)
+    assert v["batch norm"] == 3 * 129 * 2 + 2 * 3 / 4 * 128 * 2
+    assert v["gradients"] == 2 * 3 / 4 * 9098
+    assert ring_values(1, [64], 10) == {"batch norm": 0, "gradients": 0}
+    # batch norm's traffic grows with K, the gradients' stays below 2P
+    ratios = [ring_values(k, [64, 64], 9098)["batch norm"] / ring_values(k, [64, 64], 9098)["gradients"]
+              for k in (4, 64)]
+    assert 0.07 < ratios[0] < 0.09 and 0.9 < ratios[1] < 0.97
+
+
+def _payload_of(op: str, m: int) -> tuple[int, float]:
+    """Bytes an all-gather or all-reduce of m float64 sends from this process, less the framing."""
+    t = torch.ones(m, dtype=torch.float64)
+    out = torch.empty(torch.distributed.get_world_size() * m, dtype=torch.float64)
+    gather = getattr(torch.distributed, "all_gather_single", None) or torch.distributed.all_gather_into_tensor
+    header = header_bytes()
+    torch.distributed.barrier()
+    before = written()
+    if op == "all_gather":
+        gather(out, t)
+    else:
+        torch.distributed.all_reduce(t)
+    after = written()
+    return after[0] - before[0] - header * (after[1] - before[1]), header
+
+
+@pytest.mark.skipif(written() is None, reason="the system does not count the bytes a process writes")
+def test_gloo_moves_what_a_ring_moves(cluster):
+    k, m = 4, 10_000
+    for op, values in (("all_gather", (k - 1) * m), ("all_reduce", 2 * (k - 1) / k * m)):
+        for payload, header in cluster(k).run(_payload_of, op, m):
+            assert 0 < header < 1000  # a few dozen bytes of framing per message
+            assert abs(payload - 8 * values) <= 8 * k, (op, payload, 8 * values)  # blocks of m / k
 
 
 def test_float32_variance_across_shards_with_a_large_offset(cluster):
@@ -183,10 +276,17 @@ def test_one_process_reproduces_data_parallel_training(cluster):
     data = [(torch.randn(16, 6, generator=g, dtype=torch.float64) * 2 + 1,
              torch.randint(3, (16,), generator=g)) for _ in range(4)]
     cases = [{"model": model, "batches": data, "lr": 0.2, "sync": sync} for sync in (False, True)]
+    # synchronized within two groups of two: the same steps as ghost batch norm over B / 2
+    cases.append({"model": model, "batches": data, "lr": 0.2, "sync": True, "groups": [[0, 1], [2, 3]]})
     for case, ranks in zip(cases, cluster(k).map(data_parallel_train, cases), strict=True):
-        one = train_one_process(model, data, 0.2, devices=k, sync=case["sync"])
-        assert any(isinstance(m, GhostBatchNorm) for m in one.modules()) != case["sync"]
+        grouped = "groups" in case
+        whole = case["sync"] and not grouped  # batch norm over the whole batch
+        one = train_one_process(model, data, 0.2, devices=2 if grouped else k, sync=whole)
+        assert any(isinstance(m, GhostBatchNorm) for m in one.modules()) != whole
+        params = {name for name, _ in one.named_parameters()}
         for key, value in one.state_dict().items():
+            if grouped and key not in params:
+                continue  # each group keeps its own running statistics
             for r in ranks:
                 bn.testing.assert_close(r["state"][key], value, rtol=1e-10, atol=1e-12, what=key)
 
@@ -204,7 +304,8 @@ def test_make_batches_draws_what_train_draws():
 def test_bad_input_fails_in_every_process_and_the_cluster_survives(cluster):
     c = cluster(2)
     case = {"xs": [torch.randn(1, 3)], "douts": [torch.randn(1, 3)], "sizes": [1, 0]}  # 1 value in all
-    with pytest.raises(WorkerError, match="expected more than 1 value per channel when training, got 1"):
+    with pytest.raises(WorkerError, match="expected more than 1 value per channel when training, in the "
+                                          "global batch"):
         c.map(sync_batch_norm_steps, [case])
     assert not c.closed
     assert c.run(torch.distributed.get_world_size) == [2, 2]
@@ -287,6 +388,32 @@ def test_nccl_on_two_gpus():
         bn.testing.assert_close(torch.cat([r["dx"][step] for r in ranks]), dxs[step], **tol, what="dx")
     for key, value in state.items():
         bn.testing.assert_close(ranks[0]["state"][key], value, **tol, what=key)
+
+
+def _no_host_sync_on_the_gpu() -> float:
+    """Forward and backward of SyncBatchNormFunction on this process's GPU, with any host sync an error."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(64, 8, 5, generator=g, device=device) * 2 + 3
+    weight, bias = torch.rand(8, device=device) + 0.5, torch.randn(8, device=device)
+    xr, w, b = (t.clone().requires_grad_() for t in (x, weight, bias))
+    torch.distributed.all_reduce(torch.ones(1, device=device))  # the communicator starts outside
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, _, _ = SyncBatchNormFunction.apply(xr, w, b, 1e-5, torch.distributed.group.WORLD)
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = nn.functional.batch_norm(x, None, None, weight, bias, training=True)
+    return (out.detach() - ref).abs().max().item()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (NCCL)")
+def test_no_host_sync_on_a_gpu():
+    with Cluster(1, backend="nccl", timeout=120) as c:
+        (gap,) = c.run(_no_host_sync_on_the_gpu)
+    assert gap < 1e-4
 
 
 def test_bfloat16_input_keeps_float32_statistics(cluster):

@@ -4,7 +4,8 @@
 statistics (Hoffer, Hubara and Soudry, 2017). It is also exactly what per-device batch norm
 computes in data-parallel training: K devices sharing a batch of B normalize ghost batches of B / K.
 :class:`BatchRenorm` (Ioffe, 2017) corrects the batch statistics toward the running ones, so that
-training computes, within clipping bounds, what inference computes.
+training computes, within clipping bounds, what inference computes, while the gradient still flows
+through the batch statistics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .kernels import channel_view, check_eps, scale_shift, update_running_stats
 from .layers import _BatchNorm, bn_layers
 from .sync import check_layer_input, momentum_factor
 
-__all__ = ["BatchRenorm", "GhostBatchNorm", "relax_renorm", "replace_norms"]
+__all__ = ["BatchRenorm", "GhostBatchNorm", "replace_norms"]
 
 
 class GhostBatchNorm(_BatchNorm):
@@ -83,27 +84,44 @@ class BatchRenorm(nn.Module):
 
     Training: ``x_hat = (x - mu_B) / sigma_B * r + d`` with ``sigma_B = sqrt(var_B + eps)`` and
     ``r = clip(sigma_B / sigma, 1/r_max, r_max)``, ``d = clip((mu_B - mu) / sigma, -d_max, d_max)``
-    taken as constants by the backward pass; ``y = weight * x_hat + bias``. Then the running mean
-    ``mu`` and running standard deviation ``sigma`` (buffers ``running_mean``, ``running_std``) move
-    toward ``mu_B`` and ``sigma_B`` by ``momentum``. Inference: ``y = weight * (x - mu) / sigma + bias``.
-    With ``r_max = 1``, ``d_max = 0`` training is plain batch norm; the paper starts there and relaxes
-    the bounds (:func:`relax_renorm`).
+    taken as constants by the backward pass, which still differentiates through ``mu_B`` and
+    ``sigma_B``; ``y = weight * x_hat + bias``. Then the running mean ``mu`` and running standard
+    deviation ``sigma`` (buffers ``running_mean``, ``running_std``) move toward ``mu_B`` and
+    ``sigma_B`` by ``momentum``. Inference: ``y = weight * (x - mu) / sigma + bias``.
+
+    The bounds follow the paper's schedule, counted in training steps (``num_batches_tracked``):
+    plain batch norm (``r = 1``, ``d = 0``) for the first ``warmup`` steps, while the running
+    averages settle, then bounds relaxed linearly over ``ramp`` steps to ``r_max`` and ``d_max``.
+    The defaults (0 and 0) use the full bounds from the first step. The bounds are computed on the
+    device: no value comes back to the host.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, r_max: float = 3.0,
-                 d_max: float = 5.0, affine: bool = True, device=None, dtype=None):
+                 d_max: float = 5.0, affine: bool = True, warmup: int = 0, ramp: int = 0,
+                 device=None, dtype=None):
         super().__init__()
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive int, got {num_features!r}")
         if not 0 < momentum <= 1:
             raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
+        if r_max < 1 or d_max < 0:
+            raise ValueError(f"expected r_max >= 1 and d_max >= 0, got {r_max} and {d_max}")
+        if not (isinstance(warmup, int) and isinstance(ramp, int)) or warmup < 0 or ramp < 0:
+            raise ValueError(f"expected warmup and ramp as ints >= 0 (steps), got {warmup!r} and {ramp!r}")
         factory = {"device": device, "dtype": dtype}
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.r_max, self.d_max = r_max, d_max
+        self.r_max, self.d_max, self.warmup, self.ramp = r_max, d_max, warmup, ramp
         self.weight = nn.Parameter(torch.ones(num_features, **factory)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine else None
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_std", torch.ones(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bounds ``(r_max, d_max)`` of the next training step, as tensors on the layer's device."""
+        done = (self.num_batches_tracked - self.warmup).to(self.running_std.dtype)
+        t = (done / self.ramp if self.ramp else (done >= 0).to(done.dtype)).clamp(0, 1)
+        return 1 + t * (self.r_max - 1), t * self.d_max
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layer_input(self, x)
@@ -117,31 +135,22 @@ class BatchRenorm(nn.Module):
         x_hat, mean, var = BatchNormFunction.apply(x, None, None, self.eps)  # (x - mu_B) / sigma_B
         std = torch.sqrt(var + self.eps)
         with torch.no_grad():
-            r = (std / self.running_std).clamp(1 / self.r_max, self.r_max)
-            d = ((mean - self.running_mean) / self.running_std).clamp(-self.d_max, self.d_max)
+            r_max, d_max = self.bounds()
+            r = torch.minimum(torch.maximum(std / self.running_std, 1 / r_max), r_max)
+            d = torch.minimum(torch.maximum((mean - self.running_mean) / self.running_std, -d_max), d_max)
             self.running_mean.lerp_(mean, self.momentum)
             self.running_std.lerp_(std, self.momentum)
+            self.num_batches_tracked.add_(1)
         weight = torch.ones_like(r) if self.weight is None else self.weight
         bias = torch.zeros_like(d) if self.bias is None else self.bias
-        # y = weight * (x_hat * r + d) + bias: autograd differentiates weight and bias, not r and d
+        # y = weight * (x_hat * r + d) + bias: autograd differentiates weight, bias and x_hat (so mu_B
+        # and sigma_B), not r and d
         return x_hat * channel_view(weight * r, x) + channel_view(weight * d + bias, x)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max}, "
-                f"d_max={self.d_max}, affine={self.weight is not None}")
-
-
-def relax_renorm(model: nn.Module, progress: float, start: float = 0.2, end: float = 0.6,
-                 r_max: float = 3.0, d_max: float = 5.0) -> None:
-    """Set the clipping bounds of every :class:`BatchRenorm` layer for a point of training.
-
-    As the paper: plain batch norm (``r_max = 1``, ``d_max = 0``) until ``start`` (a fraction of the
-    run), then bounds relaxed linearly to ``r_max``, ``d_max`` at ``end``.
-    """
-    t = min(1.0, max(0.0, (progress - start) / (end - start)))
-    for m in model.modules():
-        if isinstance(m, BatchRenorm):
-            m.r_max, m.d_max = 1 + t * (r_max - 1), t * d_max
+                f"d_max={self.d_max}, warmup={self.warmup}, ramp={self.ramp}, "
+                f"affine={self.weight is not None}")
 
 
 def replace_norms(model: nn.Module, make: Callable[[nn.Module], nn.Module]) -> nn.Module:

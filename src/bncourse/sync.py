@@ -1,15 +1,23 @@
 """Synchronized batch norm: the statistics of the whole global batch, across processes.
 
 In data-parallel training each of K processes holds a shard of the batch. ``SyncBatchNorm``
-normalizes every shard with the statistics of all of them, on ``torch.distributed``: gloo on CPUs,
-NCCL on GPUs, with the same code. Forward: each process computes, per channel, its count ``n_k``,
-mean ``mu_k`` and centred sum of squares ``M2_k = sum((x - mu_k)**2)``; one all-gather brings every
-process the ``2C + 1`` numbers of every other, and each merges them with the parallel formula of
+normalizes every shard with the statistics of all of them, on ``torch.distributed``. Forward: each
+process computes, per channel, its count ``n_k``, mean ``mu_k`` and centred sum of squares
+``M2_k = sum((x - mu_k)**2)``; one all-gather brings every process the ``2C + 1`` numbers of every
+other (the count as an exact 64-bit integer), and each merges them with the parallel formula of
 Chan, Golub and LeVeque (:func:`merge_moments`). Every term of the merge is a sum of squares of
 centred values, so float32 stays accurate when the data sits far from zero. Backward: one
 all-reduce of the two per-channel sums the input gradient needs, ``sum(dy)`` and
 ``sum(dy * (x - mu))``. The gradients of ``weight`` and ``bias`` stay local: data-parallel training
 (``DistributedDataParallel``) reduces them as it reduces every other parameter's.
+
+No value ever comes back to the host: the counts, the global count and the check that the global
+batch holds more than one value per channel stay on the device (``torch._assert_async``), so a GPU
+never waits for the CPU inside the layer, as in PyTorch's own implementation. ``process_group``
+synchronizes a subgroup of the processes (see ``torch.distributed.new_group``).
+
+It is tested on gloo (CPUs). The same calls are what NCCL (GPUs) runs, but this package's NCCL tests
+need a machine with GPUs and say so when they are skipped.
 
 Eval mode communicates nothing. Without an initialized process group, or in a group of one, the
 layer is plain batch norm (:class:`bncourse.nn.BatchNorm1d` and its siblings).
@@ -26,7 +34,8 @@ from .kernels import channel_view
 from .layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from .tuned import channel_sum, channel_sums
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "local_moments", "merge_moments"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "local_moments", "merge_moments", "pack_moments",
+           "unpack_moments"]
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -58,13 +67,32 @@ def merge_moments(counts, means, m2s) -> tuple[torch.Tensor, torch.Tensor, torch
     ``counts`` has shape ``(K,)``, ``means`` and ``m2s`` shape ``(K, C)``. With ``n = sum(n_k)``:
     ``mean = sum(n_k * mean_k) / n`` and ``M2 = sum(M2_k) + sum(n_k * (mean_k - mean)**2)``: the
     spread within the shards plus the spread of their means. Shards with count 0 drop out.
+    Integer counts give the total ``n`` as an exact integer tensor. Nothing leaves the device.
     """
-    counts = torch.as_tensor(counts, dtype=means.dtype, device=means.device)
+    counts = torch.as_tensor(counts, device=means.device)
     n = counts.sum()
-    weights = (counts / n.clamp_min(1)).unsqueeze(1)
+    weight = counts.to(means.dtype)
+    weights = (weight / weight.sum().clamp_min(1)).unsqueeze(1)
     mean = (weights * means).sum(0)
-    m2 = m2s.sum(0) + (counts.unsqueeze(1) * (means - mean).square()).sum(0)
+    m2 = m2s.sum(0) + (weight.unsqueeze(1) * (means - mean).square()).sum(0)
     return n, mean, m2
+
+
+def pack_moments(count: int, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+    """One tensor for the all-gather: the count's 8 bytes (an int64, bit for bit), then mean, M2.
+
+    The count takes one slot of float64 or two of float32; the all-gather copies bytes and never
+    computes with them, so the count arrives exact (a float32 count is exact only to 2**24).
+    """
+    bits = torch.full((1,), count, dtype=torch.int64, device=mean.device).view(mean.dtype)
+    return torch.cat([bits, mean, m2])
+
+
+def unpack_moments(gathered: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(counts, means, m2s)`` of every process from the all-gathered ``(K, slots + 2C)`` tensor."""
+    slots = gathered.shape[1] - 2 * channels
+    counts = gathered[:, :slots].contiguous().view(torch.int64).squeeze(1)
+    return counts, gathered[:, slots:slots + channels], gathered[:, slots + channels:]
 
 
 def _all_gather(t: torch.Tensor, group) -> torch.Tensor:
@@ -87,16 +115,13 @@ class SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, group):
         count, mean_k, m2_k = local_moments(x)
-        local = torch.cat([mean_k.new_tensor([count]), mean_k, m2_k])
-        gathered = _all_gather(local, group)  # (K, 2C + 1): count, means, M2 of every process
-        counts, means, m2s = gathered.split([1, x.shape[1], x.shape[1]], dim=1)
-        n, mean, m2 = merge_moments(counts.squeeze(1), means, m2s)
-        n = round(n.item())
-        if n <= 1:
-            raise ValueError(
-                f"expected more than 1 value per channel when training, got {n} in the global batch "
-                f"(this process's input has shape {tuple(x.shape)})"
-            )
+        gathered = _all_gather(pack_moments(count, mean_k, m2_k), group)  # count, means, M2 of all
+        n, mean, m2 = merge_moments(*unpack_moments(gathered, x.shape[1]))
+        # checked on the device: on a GPU a failure shows at a later kernel launch, with no wait here
+        torch._assert_async(n > 1, "expected more than 1 value per channel when training, in the "
+                            f"global batch of the process group (this process's input has shape "
+                            f"{tuple(x.shape)})")
+        n = n.to(mean.dtype)
         inv_std = torch.rsqrt(m2 / n + eps)
         scale = inv_std if weight is None else weight * inv_std
         out = x.to(mean.dtype) - channel_view(mean, x)  # (x - mean) * scale + bias, in place
@@ -104,8 +129,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
             out.mul_(channel_view(scale, x))
         else:
             torch.addcmul(channel_view(bias, x), out, channel_view(scale, x), out=out)
-        ctx.save_for_backward(x, mean, inv_std, weight)
-        ctx.count, ctx.group = n, group
+        ctx.save_for_backward(x, mean, inv_std, weight, n)
+        ctx.group = group
         var = m2 / (n - 1)
         ctx.mark_non_differentiable(mean, var)
         return out.to(x.dtype), mean, var
@@ -113,9 +138,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, _dmean, _dvar):
-        x, mean, inv_std, weight = ctx.saved_tensors
+        x, mean, inv_std, weight, n = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        n = ctx.count
         channels = x.shape[1]
         dout = dout.contiguous().to(mean.dtype)
         centred = x.to(mean.dtype) - channel_view(mean, x)
@@ -165,9 +189,10 @@ class SyncBatchNorm(_BatchNorm):
     """Batch norm over the global batch of a process group; a drop-in for ``torch.nn.SyncBatchNorm``.
 
     Same constructor, parameters, buffers and ``state_dict`` as PyTorch's, for any input
-    ``(N, C, *)``; unlike PyTorch's it runs on CPUs (gloo) as well as GPUs (NCCL). It synchronizes
-    in training mode inside an initialized process group of more than one process
-    (``process_group``, default the whole world); otherwise it is plain batch norm.
+    ``(N, C, *)``; unlike PyTorch's it also runs on CPUs (gloo). It synchronizes in training mode
+    inside an initialized process group of more than one process (``process_group``, default the
+    whole world; a subgroup from ``torch.distributed.new_group`` synchronizes only its members);
+    otherwise it is plain batch norm. It makes no host sync in forward or backward.
     """
 
     def __init__(
@@ -201,12 +226,15 @@ class SyncBatchNorm(_BatchNorm):
         if group is None:
             return super().forward(input)
         self._check_input(input)
-        factor = momentum_factor(self)
         out, mean, var = SyncBatchNormFunction.apply(input, self.weight, self.bias, self.eps, group)
         if self.track_running_stats:
             with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum  # None: the cumulative average, 1 / steps, kept on the device
+                if factor is None:
+                    factor = self.num_batches_tracked.reciprocal().to(self.running_mean.dtype)
                 for buffer, value in ((self.running_mean, mean), (self.running_var, var)):
-                    buffer.mul_(1 - factor).add_(value.to(buffer.dtype), alpha=factor)
+                    buffer.mul_(1 - factor).add_(value.to(buffer.dtype) * factor)
         return out
 
     @classmethod

@@ -6,9 +6,11 @@
 * :func:`batch_noise`, :func:`predicted_batch_noise`: how much an example's normalized value moves
   with the other examples of its batch.
 * :func:`lr_sweep`, :func:`scale_sweep` -> :class:`Sweep`: final accuracy over learning rates or
-  initial weight scales, several seeds each.
+  initial weight scales, many seeds each, all trained at once; optionally each layer's
+  update-to-weight ratio over training.
 * :func:`preactivations`, :func:`preactivation_stats`, :func:`layer_grad_norms`,
-  :func:`head_probe`: probes of a network on one batch.
+  :func:`head_probe`: probes of a network on one batch; :class:`FirstSteps`: the head probe over
+  the first steps of training.
 * :class:`NoisyBatchNorm1d`: batch norm followed by noise that moves every step (Santurkar et al.).
 * :func:`gradient_step_probe`, :class:`LandscapeTracker`: loss and gradient along the gradient
   direction (loss smoothness and gradient predictiveness, Santurkar et al.).
@@ -34,9 +36,9 @@ from .models import ACTIVATIONS, mlp, scale_weights
 from .trainer import ProbeBatches, built, train
 
 __all__ = [
-    "LandscapeTracker", "NoisyBatchNorm1d", "Sweep", "batch_noise", "bn_linear", "bn_linear_grad",
-    "gradient_step_probe", "head_probe", "layer_grad_norms", "lr_sweep", "noisy_mlp", "predicted_batch_noise",
-    "preactivation_stats", "preactivations", "scale_sweep", "scaled_digits",
+    "FirstSteps", "LandscapeTracker", "NoisyBatchNorm1d", "Sweep", "batch_noise", "bn_linear",
+    "bn_linear_grad", "gradient_step_probe", "head_probe", "layer_grad_norms", "lr_sweep", "noisy_mlp",
+    "predicted_batch_noise", "preactivation_stats", "preactivations", "scale_sweep", "scaled_digits",
 ]
 
 
@@ -119,17 +121,33 @@ def _check_model(model: nn.Module) -> None:
 # --------------------------------------------------------------------------------------- sweeps
 @dataclass
 class Sweep:
-    """Final results of one training run per (value, seed): ``test_acc[i, j]`` is value i, seed j."""
+    """Results of one training run per (value, seed): ``test_acc[i, j]`` is value i, seed j.
+
+    ``test_acc`` and ``train_loss``: at the last step (eval mode, whole sets); ``first_loss``: the
+    training loss of the first step, on its batch, before any update (the loss at initialization);
+    ``diverged``: the loss became NaN or infinite. With ``record_at``, ``weight_norm[i, j, r, l]``
+    and ``update_ratio[i, j, r, l]`` are, after step ``record_steps[r]``, the norm of Linear layer
+    ``l``'s weight and the size of that step relative to it, ``||lr * grad|| / ||w||`` (input layer
+    first; ``weight_norm[..., 0, :]`` is at initialization when ``record_at`` holds step 0).
+    """
 
     values: list[float]
     seeds: list[int]
     test_acc: torch.Tensor
     train_loss: torch.Tensor
     diverged: torch.Tensor
+    first_loss: torch.Tensor | None = None
+    record_steps: list[int] = field(default_factory=list)
+    weight_norm: torch.Tensor | None = None
+    update_ratio: torch.Tensor | None = None
 
     def trains(self, accuracy: float) -> torch.Tensor:
         """Per value: did every seed reach test ``accuracy`` without diverging?"""
-        return ((self.test_acc >= accuracy) & ~self.diverged).all(dim=1)
+        return self.reached(accuracy).all(dim=1)
+
+    def reached(self, accuracy: float) -> torch.Tensor:
+        """Per value and seed: did the run reach test ``accuracy`` without diverging?"""
+        return (self.test_acc >= accuracy) & ~self.diverged
 
     def largest_trainable(self, accuracy: float) -> float | None:
         """The largest value at which every seed reaches test ``accuracy`` (None if none does)."""
@@ -137,33 +155,85 @@ class Sweep:
         return max(ok) if ok else None
 
 
+class _UpdateRatios:
+    """``on_step`` of :func:`bncourse.lab.trainer.train`: after each step in ``at``, each member's
+    Linear weight norms and ``||lr * grad|| / ||w||``, for all members at once."""
+
+    def __init__(self, models: list[nn.Module], lrs: Sequence[float], at: Sequence[int]):
+        self.lrs, self.at = torch.tensor(lrs, dtype=torch.float64), {int(s) for s in at}
+        self.steps: list[int] = []
+        self.norms: list[torch.Tensor] = []
+        self.ratios: list[torch.Tensor] = []
+        if 0 in self.at:  # before training: the initial norms, no step yet
+            norm = self._norms(models)
+            self._record(0, norm, torch.zeros_like(norm))
+
+    @staticmethod
+    @torch.no_grad()
+    def _norms(models: list[nn.Module], grad: bool = False) -> torch.Tensor:
+        """(S, layers): the norm of every Linear layer's weight (or its .grad) in every member."""
+        weights = [[m.weight for m in model.modules() if isinstance(m, nn.Linear)] for model in models]
+        per_layer = []
+        for k in range(len(weights[0])):
+            t = torch.stack([ws[k].grad if grad else ws[k] for ws in weights])
+            per_layer.append(t.flatten(1).norm(dim=1))
+        return torch.stack(per_layer, 1).double().cpu()
+
+    def _record(self, step: int, norm: torch.Tensor, grad: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.norms.append(norm)
+        self.ratios.append(self.lrs[:, None] * grad / norm)
+
+    def __call__(self, step: int, models: list[nn.Module], batch=None) -> None:
+        if step in self.at:
+            self._record(step, self._norms(models), self._norms(models, grad=True))
+
+
 def _sweep(values, build: Callable[[float], nn.Module], lr: Callable[[float], float],
-           data: Split, steps: int, seeds: Sequence[int], batch_size: int) -> Sweep:
+           data: Split, steps: int, seeds: Sequence[int], batch_size: int,
+           record_at: Sequence[int] | None = None) -> Sweep:
     """One member per (value, seed), all trained at once by :func:`bncourse.lab.trainer.train`."""
     values, seeds = [float(v) for v in values], list(seeds)
     if not values or not seeds:
         raise ValueError(f"expected at least one value and one seed, got {values} and {seeds}")
+    if record_at is not None and any(not 0 <= int(s) <= steps for s in record_at):
+        raise ValueError(f"record_at must hold steps in [0, {steps}], got {list(record_at)}")
     grid = [(v, s) for v in values for s in seeds]
     models = [built(lambda v=v: build(v).to(data.x_train.device), s) for v, s in grid]
-    runs = train(models, data, steps, [lr(v) for v, _ in grid], seeds=[s for _, s in grid],
-                 batch_size=batch_size, progress=False)
+    lrs = [lr(v) for v, _ in grid]
+    probe = _UpdateRatios(models, lrs, record_at) if record_at else None
+    runs = train(models, data, steps, lrs, seeds=[s for _, s in grid], batch_size=batch_size,
+                 on_step=probe, progress=False)
     shape = (len(values), len(seeds))
-    return Sweep(values, seeds, runs.test_acc[:, -1].float().reshape(shape),
-                 runs.train_loss[:, -1].float().reshape(shape), runs.diverged.reshape(shape))
+    sweep = Sweep(values, seeds, runs.test_acc[:, -1].float().reshape(shape),
+                  runs.train_loss[:, -1].float().reshape(shape), runs.diverged.reshape(shape),
+                  runs.step_loss[:, 0].float().reshape(shape))
+    if probe is not None and probe.steps:
+        sweep.record_steps = probe.steps
+        sweep.weight_norm = torch.stack(probe.norms, 1).reshape(*shape, len(probe.steps), -1)
+        sweep.update_ratio = torch.stack(probe.ratios, 1).reshape(*shape, len(probe.steps), -1)
+    return sweep
 
 
 def lr_sweep(make_model: Callable[[], nn.Module], data: Split, lrs: Sequence[float], steps: int,
-             seeds: Sequence[int] = (0, 1, 2), batch_size: int = 60) -> Sweep:
-    """Train ``make_model()`` with plain SGD at each learning rate, once per seed."""
-    return _sweep(lrs, lambda _: make_model(), lambda v: v, data, steps, seeds, batch_size)
+             seeds: Sequence[int] = (0, 1, 2), batch_size: int = 60,
+             record_at: Sequence[int] | None = None) -> Sweep:
+    """Train ``make_model()`` with plain SGD at each learning rate, once per seed, all at once.
+
+    ``record_at``: the steps after which to record every Linear layer's weight norm and
+    update-to-weight ratio (step 0: at initialization), see :class:`Sweep`.
+    """
+    return _sweep(lrs, lambda _: make_model(), lambda v: v, data, steps, seeds, batch_size,
+                  record_at)
 
 
 def scale_sweep(make_model: Callable[[], nn.Module], data: Split, scales: Sequence[float],
                 lr: float, steps: int, seeds: Sequence[int] = (0, 1, 2),
-                batch_size: int = 60) -> Sweep:
-    """Train ``make_model()`` with every Linear weight multiplied by each scale, once per seed."""
+                batch_size: int = 60, record_at: Sequence[int] | None = None) -> Sweep:
+    """Train ``make_model()`` with every Linear weight multiplied by each scale, once per seed
+    (``record_at`` as in :func:`lr_sweep`)."""
     return _sweep(scales, lambda k: scale_weights(make_model(), k), lambda _: lr, data, steps,
-                  seeds, batch_size)
+                  seeds, batch_size, record_at)
 
 
 # --------------------------------------------------------------------------------------- probes
@@ -198,17 +268,22 @@ def preactivation_stats(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Te
 
     ``"spread"``: a unit's standard deviation over the examples (the part of its input that
     carries the example); ``"offset"``: the absolute value of its mean over the examples;
-    ``"sigmoid_slope"``: ``sigma'(z) = sigma(z) (1 - sigma(z))``, averaged over examples too;
-    ``"sigmoid_slope_rms"``: its root mean square, which sets how much a backward pass through the
-    layer shrinks a random gradient. Training-mode forward (batch statistics), as
-    :func:`preactivations`.
+    ``"offset_rms"``: the root mean square of that mean over the units (comparable with the
+    standard deviation of a zero-mean offset); ``"sigmoid_slope"``:
+    ``sigma'(z) = sigma(z) (1 - sigma(z))``, averaged over examples too; ``"sigmoid_slope_rms"``:
+    its root mean square, which sets how much a backward pass through the layer shrinks a random
+    gradient; ``"sigmoid_mean_sq"``: the square of a sigmoid output's mean over the examples,
+    averaged over the units (1/4 when every output averages 1/2). Training-mode forward (batch
+    statistics), as :func:`preactivations`.
     """
     zs = preactivations(model, x)
     slopes = [torch.sigmoid(z) * (1 - torch.sigmoid(z)) for z in zs]
     stats = {"spread": [z.std(0, unbiased=False).mean() for z in zs],
              "offset": [z.mean(0).abs().mean() for z in zs],
+             "offset_rms": [z.mean(0).pow(2).mean().sqrt() for z in zs],
              "sigmoid_slope": [s.mean() for s in slopes],
-             "sigmoid_slope_rms": [s.pow(2).mean().sqrt() for s in slopes]}
+             "sigmoid_slope_rms": [s.pow(2).mean().sqrt() for s in slopes],
+             "sigmoid_mean_sq": [torch.sigmoid(z).mean(0).pow(2).mean() for z in zs]}
     return {k: torch.stack(v).cpu() for k, v in stats.items()}
 
 
@@ -254,6 +329,74 @@ def head_probe(model: nn.Module, x: torch.Tensor,
     gap = (logits.softmax(1).mean(0) - share).abs().max().item()
     loss = nn.functional.cross_entropy(logits, y).item()
     return loss, gap, (seen[0].mean(0) ** 2).sum().item()
+
+
+class FirstSteps:
+    """The first steps of one member's training, as the output layer sees them: an ``on_step`` probe
+    for :func:`bncourse.lab.trainer.train` (one per member, through
+    :func:`bncourse.lab.trainer.each`).
+
+    At step 0 (when built) and after each of the first ``steps`` steps it records what
+    :func:`head_probe` measures on ``(x, y)``, and the median, over the units, of each unit's median
+    input to ``module`` on ``x``; both as a training step sees them (batch statistics of ``x``).
+    ``values[t]`` is ``(loss, class_gap, mean_input_sq, median_input)`` at step ``t``. ``model`` is
+    left as it was (parameters, buffers, modes).
+    """
+
+    def __init__(self, model: nn.Module, module: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 steps: int = 20):
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if not any(m is module for m in model.modules()):
+            raise ValueError("expected module to be a submodule inside model, got one that is not")
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("expected a model with at least one nn.Linear layer, found none")
+        self.x, self.y, self.steps = x, y, steps
+        self._module, self._index = module, [i for i, m in enumerate(model.modules()) if m is module][0]
+        self._rows: list[tuple[float, ...]] = []
+        self._record(model)
+
+    @torch.no_grad()
+    def _record(self, model: nn.Module) -> None:
+        modules = list(model.modules())
+        head = [m for m in modules if isinstance(m, nn.Linear)][-1]
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(name):
+            def hook(_module, inputs, _output) -> None:  # returns None: the output stays
+                seen[name] = inputs[0]
+            return hook
+
+        hooks = [modules[self._index].register_forward_hook(keep("z")),
+                 head.register_forward_hook(keep("a"))]
+        modes = [(m, m.training) for m in modules]
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        try:
+            model.train()
+            logits = model(self.x)
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, training in modes:
+                m.training = training
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        share = torch.bincount(self.y, minlength=logits.shape[1]).to(logits.dtype) / len(self.y)
+        gap = (logits.softmax(1).mean(0) - share).abs().max().item()
+        loss = nn.functional.cross_entropy(logits, self.y).item()
+        mean_sq = (seen["a"].mean(0) ** 2).sum().item()
+        z = seen["z"].flatten(1) if seen["z"].dim() == 2 else seen["z"].transpose(0, 1).flatten(1).T
+        median = z.median(0).values.median().item()  # each unit's median, then over the units
+        self._rows.append((loss, gap, mean_sq, median))
+
+    def __call__(self, step: int, model: nn.Module, batch=None) -> None:
+        if 1 <= step <= self.steps:
+            self._record(model)
+
+    @property
+    def values(self) -> torch.Tensor:
+        return torch.tensor(self._rows, dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------ noisy BN

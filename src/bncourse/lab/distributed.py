@@ -1,10 +1,13 @@
 """Data-parallel training on one machine: K processes, one process group, batch norm across them.
 
 :class:`Cluster` starts K worker processes once and runs functions of this package in every one of
-them, with ``torch.distributed`` initialized (gloo on the CPU; NCCL with one GPU per process). It
-listens on 127.0.0.1 only, on a port the operating system picks, and always ends its processes:
-on :meth:`Cluster.close`, on leaving a ``with`` block, when a call fails or runs past its time
-limit, and when the program exits. The functions it runs are the workers of chapter 8 below.
+them, with ``torch.distributed`` initialized (gloo on the CPU; NCCL with one GPU per process, which
+only the GPU tests use and which has not run in this course's builds). It listens on 127.0.0.1 only,
+on a port the operating system picks, and always ends its processes: on :meth:`Cluster.close`, on
+leaving a ``with`` block, when a call fails or runs past its time limit, and when the program exits.
+The functions it runs are the workers of chapter 8 below, and what they measure: the collectives and
+host syncs of a step, the bytes it sends (:func:`written`), the ring payloads it should send
+(:func:`ring_values`).
 """
 
 from __future__ import annotations
@@ -38,13 +41,18 @@ __all__ = [
     "Cluster",
     "WorkerError",
     "counting_collectives",
+    "counting_host_syncs",
     "data_parallel_train",
+    "header_bytes",
     "make_batches",
+    "ring_values",
     "shard",
-    "step_seconds",
+    "step_costs",
+    "subgroup",
     "sync_batch_norm_steps",
     "torch_sync_batch_norm_error",
     "train_one_process",
+    "written",
 ]
 
 HOST = "127.0.0.1"
@@ -100,7 +108,9 @@ def _context():
     """A forkserver (one import of torch, then cheap forks) where available, else spawn."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        # torch._dynamo: DistributedDataParallel imports it on first use, seconds per process; the
+        # forkserver imports it once and every worker inherits it
+        ctx.set_forkserver_preload([__name__, "torch._dynamo"])
         return ctx
     return mp.get_context("spawn")
 
@@ -305,36 +315,149 @@ def counting_collectives() -> Iterator[Counter]:
             setattr(dist, n, fn)
 
 
+HOST_SYNCS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextmanager
+def counting_host_syncs() -> Iterator[Counter]:
+    """Count, by name, the calls inside the block that bring a tensor's value to Python.
+
+    ``.item()``, ``.tolist()``, ``.numpy()``, ``.cpu()``, and ``bool``, ``int``, ``float`` or an index
+    of a tensor: on a GPU each of them makes the host wait until the device has computed the value.
+    Calls that PyTorch makes in C++ are not seen (on a GPU, ``torch.cuda.set_sync_debug_mode``
+    sees those).
+    """
+    counts: Counter = Counter()
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_SYNCS}
+    own = {name for name in HOST_SYNCS if name in vars(torch.Tensor)}  # the others are inherited
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    for name, fn in originals.items():
+        setattr(torch.Tensor, name, counted(name, fn))
+    try:
+        yield counts
+    finally:
+        for name, fn in originals.items():
+            if name in own:
+                setattr(torch.Tensor, name, fn)
+            else:
+                delattr(torch.Tensor, name)
+
+
+def written() -> tuple[int, int] | None:
+    """``(bytes, writes)`` this process has written so far to files, pipes and sockets, and the number
+    of write calls that wrote them, or None where the system does not say (Linux's ``/proc/self/io``:
+    ``wchar``, ``syscw``). Taken before and after a step of training between processes that write
+    nothing else, the differences are what the step sent over the wire, and in how many messages."""
+    try:
+        with open("/proc/self/io") as f:
+            fields = dict(line.split(": ") for line in f.read().splitlines())
+        return int(fields["wchar"]), int(fields["syscw"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _sent(before, after) -> tuple[int | None, int | None]:
+    if before is None or after is None:
+        return None, None
+    return after[0] - before[0], after[1] - before[1]
+
+
+def header_bytes(values: int = 4096) -> float | None:
+    """The bytes a backend adds to each message it writes, measured: an all-gather of ``values``
+    float64 per process sends ``(K - 1) * values * 8`` bytes of payload; what it writes beyond that,
+    per write call, is the framing. None where the system does not count writes."""
+    t = torch.ones(values, dtype=torch.float64, device=_device())
+    out = t.new_empty(dist.get_world_size() * values)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    for _ in range(2):  # the first call of a collective may set up connections
+        dist.barrier()
+        before = written()
+        gather(out, t)
+        after = written()
+    sent, writes = _sent(before, after)
+    if sent is None or not writes:
+        return None
+    return (sent - 8 * values * (dist.get_world_size() - 1)) / writes
+
+
+def ring_values(k: int, channels: list[int], params: int) -> dict[str, float]:
+    """Values one process sends per training step in a ring over ``k`` processes: a ring all-gather of
+    ``m`` values per process sends ``(k - 1) * m``, a ring all-reduce of ``m`` sends ``2 (k - 1) / k * m``.
+
+    ``"batch norm"``: for each synchronized layer of ``C`` channels, the forward all-gather of
+    ``2C + 1`` (count, means, centred sums of squares) and the backward all-reduce of ``2C``.
+    ``"gradients"``: the all-reduce of the ``params`` gradients.
+    """
+    if k < 1:
+        raise ValueError(f"expected k >= 1 processes, got {k}")
+    gather = sum((k - 1) * (2 * c + 1) for c in channels)
+    reduce = sum(2 * (k - 1) / k * 2 * c for c in channels)
+    return {"batch norm": gather + reduce, "gradients": 2 * (k - 1) / k * params}
+
+
+_GROUPS: dict[tuple, list] = {}
+
+
+def subgroup(groups: list[list[int]]):
+    """This process's group among ``groups`` (lists of ranks that cover every process once).
+
+    Every process must call it with the same ``groups`` (``torch.distributed.new_group`` is a
+    collective); the groups are made once per process and reused.
+    """
+    key = tuple(tuple(g) for g in groups)
+    ranks = sorted(r for g in key for r in g)
+    if ranks != list(range(dist.get_world_size())):
+        raise ValueError(f"expected groups covering the ranks 0 to {dist.get_world_size() - 1} once each, "
+                         f"got {[list(g) for g in key]}")
+    if key not in _GROUPS:
+        _GROUPS[key] = [dist.new_group(list(g)) for g in key]
+    rank = dist.get_rank()
+    return next(pg for g, pg in zip(key, _GROUPS[key], strict=True) if rank in g)
+
+
 def sync_batch_norm_steps(xs: list[torch.Tensor], douts: list[torch.Tensor], sizes: list[int] | None = None,
-                          layer_kwargs: dict | None = None, state: dict | None = None) -> dict:
+                          layer_kwargs: dict | None = None, state: dict | None = None,
+                          groups: list[list[int]] | None = None) -> dict:
     """One :class:`~bncourse.sync.SyncBatchNorm` in this process, trained on its shard of each batch.
 
     For each batch ``x`` in ``xs`` (the whole global batch; this process takes its shard, ``sizes``
-    or an even split) a forward and a backward with this process's shard of ``dout``. Returns
-    this process's outputs and input gradients (one per batch), its parameter gradients
-    (accumulated over the batches), the layer's ``state_dict`` after the last batch, the
-    collectives counted per training step, and those of one eval-mode forward.
+    or an even split) a forward and a backward with this process's shard of ``dout``. With
+    ``groups`` (lists of ranks) the layer synchronizes only this process's group. Returns this
+    process's outputs and input gradients (one per batch), its parameter gradients (accumulated over
+    the batches), the layer's ``state_dict`` after the last batch, the collectives and the host syncs
+    counted per training step, and the collectives of one eval-mode forward.
     """
     device = _device()
-    layer = SyncBatchNorm(xs[0].shape[1], dtype=xs[0].dtype, device=device, **(layer_kwargs or {}))
+    kwargs = dict(layer_kwargs or {})
+    if groups is not None:
+        kwargs["process_group"] = subgroup(groups)
+    layer = SyncBatchNorm(xs[0].shape[1], dtype=xs[0].dtype, device=device, **kwargs)
     if state is not None:
         layer.load_state_dict(state)
-    outs, dxs, calls = [], [], []
+    outs, dxs, calls, syncs = [], [], [], []
     for x, dout in zip(xs, douts, strict=True):
         xr = shard(x, sizes).to(device).requires_grad_()
-        with counting_collectives() as counts:
+        dr = shard(dout, sizes).to(device)
+        with counting_collectives() as counts, counting_host_syncs() as host:
             out = layer(xr)
-            out.backward(shard(dout, sizes).to(device))
+            out.backward(dr)
         outs.append(out.detach().cpu())
         dxs.append(xr.grad.cpu())
         calls.append(dict(counts))
+        syncs.append(dict(host))
     layer.eval()
     with counting_collectives() as eval_counts, torch.no_grad():
         layer(xs[-1].to(device))
     grads = {name: p.grad.cpu() for name, p in layer.named_parameters()}
     state = {k: v.cpu() for k, v in layer.state_dict().items()}
     return {"out": outs, "dx": dxs, "grads": grads, "state": state, "train_calls": calls,
-            "eval_calls": dict(eval_counts)}
+            "host_syncs": syncs, "eval_calls": dict(eval_counts)}
 
 
 def _data_parallel(model: nn.Module) -> nn.Module:
@@ -354,31 +477,38 @@ def _loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def data_parallel_train(model: nn.Module, batches: list, lr: float, sync: bool = True,
-                        sizes: list[int] | None = None, loss: str = "cross_entropy") -> dict:
+                        sizes: list[int] | None = None, loss: str = "cross_entropy",
+                        groups: list[list[int]] | None = None) -> dict:
     """Data-parallel training: ``model`` (a copy in each process) wrapped in DistributedDataParallel.
 
     Each process takes its shard of every ``(x, target)`` in ``batches`` (``sizes``, or an even
     split), plain SGD with learning rate ``lr``; DDP averages the gradients. With ``sync`` the batch
-    norm layers are converted to :class:`~bncourse.sync.SyncBatchNorm`; without, each process
-    normalizes its own shard, keeps its own running statistics, and they are averaged at the end.
-    Returns the trained ``state_dict``, the wall time of each step in seconds, and the collectives
-    counted in the first step (those of the batch norm layers; DDP's own are made from C++).
+    norm layers are converted to :class:`~bncourse.sync.SyncBatchNorm` (synchronizing this
+    process's group among ``groups``, or all processes); without, each process normalizes its own
+    shard, keeps its own running statistics, and they are averaged at the end. Returns the trained
+    ``state_dict``, the wall time of each step in seconds, the bytes this process wrote in each step
+    (:func:`written`; None where the system does not say), and the collectives counted in the first
+    step (those of the batch norm layers; DDP's own are made from C++).
     """
     device = _device()
     model = copy.deepcopy(model).to(device)
     if sync:
-        model = SyncBatchNorm.convert_sync_batchnorm(model)
+        group = None if groups is None else subgroup(groups)
+        model = SyncBatchNorm.convert_sync_batchnorm(model, group)
     ddp = _data_parallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=lr)
-    seconds, calls = [], {}
+    seconds, sent, calls = [], [], {}
     for i, (x, target) in enumerate(batches):
+        xr, tr = shard(x, sizes).to(device), shard(target, sizes).to(device)
+        before = written()
         start = time.perf_counter()
         with counting_collectives() if i == 0 else nullcontext() as counts:
-            out = ddp(shard(x, sizes).to(device))
+            out = ddp(xr)
             opt.zero_grad(set_to_none=True)
-            _loss(out, shard(target, sizes).to(device), loss).backward()
+            _loss(out, tr, loss).backward()
             opt.step()
         seconds.append(time.perf_counter() - start)
+        sent.append(_sent(before, written())[0])
         calls = dict(counts) if i == 0 else calls
     if not sync:
         with torch.no_grad():
@@ -387,33 +517,45 @@ def data_parallel_train(model: nn.Module, batches: list, lr: float, sync: bool =
                     dist.all_reduce(buffer)
                     buffer /= dist.get_world_size()
     return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "seconds": seconds,
-            "collectives": calls}
+            "bytes": sent, "collectives": calls}
 
 
-def step_seconds(model: nn.Module, batches: list, lr: float, sizes: list[int] | None = None) -> dict:
-    """Seconds per data-parallel step with per-device and with synchronized batch norm, interleaved.
+def step_costs(model: nn.Module, batches: list, lr: float, groups: list[list[int]] | None = None,
+               sizes: list[int] | None = None) -> dict:
+    """Bytes sent and seconds taken by each data-parallel step, per-device against synchronized.
 
-    Two copies of ``model`` train side by side, one step each in turn (so a change in the machine's
-    load hits both alike). Returns ``{"per-device": [...], "synchronized": [...]}``.
+    Copies of ``model`` in DistributedDataParallel train side by side, one step each in turn (so a
+    change in the machine's load hits all alike): ``"per-device"`` batch norm, ``"synchronized"``
+    over all processes and, with ``groups``, ``"groups"`` (each process's group among them). Returns
+    ``{name: {"bytes": [...], "writes": [...], "seconds": [...]}}``, one entry per step (bytes and
+    write calls: :func:`written`, None where the system does not say).
     """
     device = _device()
+    configs = {"per-device": None, "synchronized": dist.group.WORLD}
+    if groups is not None:
+        configs["groups"] = subgroup(groups)
     runs = {}
-    for name, sync in (("per-device", False), ("synchronized", True)):
+    for name, group in configs.items():
         m = copy.deepcopy(model).to(device)
-        m = SyncBatchNorm.convert_sync_batchnorm(m) if sync else m
+        m = m if group is None else SyncBatchNorm.convert_sync_batchnorm(m, group)
         ddp = _data_parallel(m)
-        runs[name] = (ddp, torch.optim.SGD(ddp.parameters(), lr=lr), [])
+        runs[name] = (ddp, torch.optim.SGD(ddp.parameters(), lr=lr),
+                      {"bytes": [], "writes": [], "seconds": []})
     for x, target in batches:
-        for ddp, opt, seconds in runs.values():
+        xr, tr = shard(x, sizes).to(device), shard(target, sizes).to(device)
+        for ddp, opt, record in runs.values():
             dist.barrier()  # start together: no process waits for another's previous step
+            before = written()
             start = time.perf_counter()
-            out = ddp(shard(x, sizes).to(device))
-            loss = nn.functional.cross_entropy(out, shard(target, sizes).to(device))
+            loss = nn.functional.cross_entropy(ddp(xr), tr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            seconds.append(time.perf_counter() - start)
-    return {name: seconds for name, (_, _, seconds) in runs.items()}
+            record["seconds"].append(time.perf_counter() - start)
+            sent, writes = _sent(before, written())
+            record["bytes"].append(sent)
+            record["writes"].append(writes)
+    return {name: record for name, (_, _, record) in runs.items()}
 
 
 def torch_sync_batch_norm_error() -> str:

@@ -3,6 +3,7 @@
 time, without dropout, the input has a smaller variance than the running statistics expect."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -62,3 +63,69 @@ def variance_ratios(model: nn.Module, x: torch.Tensor) -> list[float]:
             h.remove()
         model.train(was_training)
     return [(seen[m].var(reduce_dims(seen[m])) / m.running_var).mean().item() for m in layers]
+
+
+@dataclass
+class LinearShift:
+    """What the formula for dropout -> Linear -> batch norm predicts for one batch-norm layer, from
+    the statistics of the units that enter the dropout (averaged over the layer's channels).
+
+    ``layer``: the batch-norm layer's position among the model's batch-norm layers (1 = first).
+    ``predicted``: test over training variance, ``w^T S w / (w^T S w + noise)`` with ``S`` the units'
+    covariance. ``independent``: the same with the covariances left out (``S`` diagonal); at most
+    ``1 - p``. ``covariance_share``: the part of the signal ``w^T S w`` that the covariances supply.
+    ``mean_correlation``: the mean correlation coefficient over all pairs of units.
+    """
+
+    layer: int
+    predicted: float
+    independent: float
+    covariance_share: float
+    mean_correlation: float
+
+
+@torch.no_grad()
+def linear_shift(model: nn.Sequential, x: torch.Tensor) -> list[LinearShift]:
+    """For every batch-norm layer of ``model`` (a Sequential) fed by ``Dropout -> Linear``: the
+    variance shift the formula predicts from the units entering the dropout, measured on ``x`` in
+    eval mode (the inputs the test sees).
+
+    Per output channel with weights ``w``, the signal is ``w^T S w`` and dropout's noise
+    ``p / (1 - p) * sum_j w_j^2 E[h_j^2]``; the ratios are averaged over the channels. The formula
+    holds exactly where the units are distributed alike in training and at test time, as behind
+    the first dropout; deeper down, the units themselves have shrunk at test time.
+    """
+    layers = bn_layers(model)
+    modules = list(model)
+    found, h = [], x
+    was_training = model.training
+    model.eval()
+    try:
+        for i, module in enumerate(modules):
+            if (isinstance(module, nn.Dropout) and i + 2 < len(modules)
+                    and isinstance(modules[i + 1], nn.Linear) and modules[i + 2] in layers):
+                found.append(_shift_terms(h, modules[i + 1].weight, module.p,
+                                          layers.index(modules[i + 2]) + 1))
+            h = module(h)
+    finally:
+        model.train(was_training)
+    if not found:
+        raise ValueError("the model has no Dropout -> Linear -> batch norm to measure")
+    return found
+
+
+def _shift_terms(h: torch.Tensor, weight: torch.Tensor, p: float, layer: int) -> LinearShift:
+    h = h.double()
+    w = weight.double()
+    mean, cov = h.mean(0), torch.cov(h.T)
+    var = cov.diagonal()
+    signal = torch.einsum("ci,ij,cj->c", w, cov, w)
+    diagonal = (w**2 * var).sum(1)
+    noise = p / (1 - p) * (w**2 * (var + mean**2)).sum(1)
+    std = var.sqrt()
+    live = std > 0
+    corr = cov[live][:, live] / (std[live, None] * std[None, live])
+    pairs = ~torch.eye(len(corr), dtype=torch.bool, device=corr.device)
+    return LinearShift(layer, (signal / (signal + noise)).mean().item(),
+                       (diagonal / (diagonal + noise)).mean().item(),
+                       ((signal - diagonal) / signal).mean().item(), corr[pairs].mean().item())

@@ -74,24 +74,41 @@ def freeze_batch_norm(model: nn.Module) -> nn.Module:
     return model
 
 
-def fine_tune(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, strategy: str, steps: int,
-              lr: float, batch_size: int, seeds: Sequence[int] = (0,),
-              unlabeled: torch.Tensor | None = None) -> tuple[list[nn.Module], Runs]:
+def _per_member(value, size: int, what: str) -> list:
+    """``value`` for every member: one tensor shared by all, or a sequence of one per member."""
+    if value is None or isinstance(value, torch.Tensor):
+        return [value] * size
+    values = list(value)
+    if len(values) != size:
+        raise ValueError(f"expected one {what} tensor or one per model ({size}), got {len(values)}")
+    return values
+
+
+def fine_tune(models: Sequence[nn.Module], x, y, strategy: str, steps: int, lr: float | Sequence[float],
+              batch_size: int, seeds: Sequence[int] = (0,), unlabeled=None,
+              test: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[list[nn.Module], Runs]:
     """Fine-tune copies of ``models`` (one per seed, trained together) on ``(x, y)`` with plain SGD
     under one of :data:`STRATEGIES`.
 
-    ``"re-estimated"`` first recomputes the statistics on ``unlabeled`` (default: ``x``), inputs of
-    the new data that need no labels. Returns the fine-tuned copies and the run
-    (:class:`bncourse.lab.trainer.Runs`: step losses, final accuracy on ``(x, y)``).
+    ``x``, ``y`` (and ``unlabeled``): one tensor for every model, or a sequence of one per model
+    (equal sizes): each member fine-tunes on its own labelled sample. ``"re-estimated"`` first
+    recomputes the statistics on ``unlabeled`` (default: the member's ``x``), inputs of the new data
+    that need no labels. ``test``: the ``(x, y)`` the run evaluates on at the start and at the end
+    (default: the member's training data). Returns the fine-tuned copies and the run
+    (:class:`bncourse.lab.trainer.Runs`: step losses, accuracies at step 0 and at the end).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     copies = [copy.deepcopy(m) for m in models]
-    for model in copies:
+    xs, ys = _per_member(x, len(copies), "x"), _per_member(y, len(copies), "y")
+    extra = _per_member(unlabeled, len(copies), "unlabeled")
+    for model, xm, um in zip(copies, xs, extra, strict=True):
         if strategy == "re-estimated":
-            recompute_bn_stats(model, x if unlabeled is None else unlabeled)
+            recompute_bn_stats(model, xm if um is None else um)
         if strategy == "frozen":
             freeze_batch_norm(model)
-    runs = train(copies, Split(x, y, x, y), steps, lr, seeds=seeds, batch_size=batch_size,
+    splits = [Split(xm, ym, *(test or (xm, ym))) for xm, ym in zip(xs, ys, strict=True)]
+    data = splits[0] if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else splits
+    runs = train(copies, data, steps, lr, seeds=seeds, batch_size=batch_size,
                  bn_eval=strategy in ("eval", "re-estimated"), progress=False)
     return runs.models, runs

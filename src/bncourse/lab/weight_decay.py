@@ -3,7 +3,8 @@
 A weight followed by batch norm can be scaled without changing the network's output (in training
 mode, up to eps), so L2 on it does not constrain the function; it shrinks the weight's norm, and
 the size of each step *relative to* that norm, the effective step, grows (van Laarhoven, 2017).
-With plain SGD the angle a weight turns per step settles near sqrt(2 lr wd) (Wan et al., 2021).
+With plain SGD the angle a weight turns per step settles, as a root mean square over steps, near
+sqrt(2 lr wd) (Wan et al., 2021); its plain mean lies below, since the angle fluctuates.
 """
 
 import math
@@ -38,7 +39,8 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def equilibrium_angle(lr: float, weight_decay: float) -> float:
-    """The angle per step at which decay and gradient steps balance, sqrt(2 lr wd) (plain SGD)."""
+    """The angle per step at which decay and gradient steps balance, sqrt(2 lr wd) (plain SGD): the
+    root mean square of the angle over steps, where on average lr^2 |g|^2 = 2 lr wd |w|^2."""
     if lr <= 0 or weight_decay <= 0:
         raise ValueError(f"expected lr > 0 and weight_decay > 0, got {lr} and {weight_decay}")
     return math.sqrt(2 * lr * weight_decay)
@@ -46,8 +48,8 @@ def equilibrium_angle(lr: float, weight_decay: float) -> float:
 
 @dataclass
 class NormTrace:
-    """Per member, step and scale-invariant weight: its norm after the step, the norm of the loss's
-    gradient that the step used, and the angle the weight turned."""
+    """Per member, step and scale-invariant weight, in float64: its norm after the step, the norm of
+    the loss's gradient that the step used, and the angle the weight turned."""
 
     norms: torch.Tensor       # (members, steps + 1, layers); [:, 0] is the initial norm
     grad_norms: torch.Tensor  # (members, steps, layers)
@@ -69,28 +71,33 @@ def trace_norms(models: Callable[[], nn.Module] | Sequence[nn.Module], data: Spl
     if weight_decay < 0:
         raise ValueError(f"expected weight_decay >= 0, got {weight_decay}")
     members = [built(models, s) for s in seeds] if callable(models) else list(models)
+    weights = [scale_invariant_weights(m) for m in members]  # the same Parameters throughout
+    layers = len(weights[0])
+    norms = torch.zeros(len(members), steps + 1, layers, dtype=torch.float64)
+    grad_norms = torch.zeros(len(members), steps, layers, dtype=torch.float64)
+    angles = torch.zeros(len(members), steps, layers, dtype=torch.float64)
+
+    def rows(grad: bool = False) -> list[torch.Tensor]:
+        """Per layer, every member's weight (or its gradient) as one row: (members, size), float64."""
+        return [torch.stack([(ws[j].grad if grad else ws[j]).detach().flatten() for ws in weights])
+                .cpu().double() for j in range(layers)]
+
     with torch.no_grad():
-        previous = [[w.detach().clone() for w in scale_invariant_weights(m)] for m in members]
-    norms = [[[w.norm().item() for w in ws] for ws in previous]]
-    grad_norms: list = []
-    angles: list = []
+        previous = rows()
+    norms[:, 0] = torch.stack([w.norm(dim=1) for w in previous], 1)
 
     @torch.no_grad()
-    def record(step: int, members: list[nn.Module], _batch) -> None:
-        weights = [scale_invariant_weights(m) for m in members]
-        grad_norms.append([[w.grad.norm().item() for w in ws] for ws in weights])
-        angles.append([[angle(p, w) for p, w in zip(ps, ws, strict=True)]
-                       for ps, ws in zip(previous, weights, strict=True)])
-        norms.append([[w.norm().item() for w in ws] for ws in weights])
-        for ps, ws in zip(previous, weights, strict=True):
-            for p, w in zip(ps, ws, strict=True):
-                p.copy_(w)
+    def record(step: int, _members, _batch) -> None:
+        current = rows()
+        grad_norms[:, step - 1] = torch.stack([g.norm(dim=1) for g in rows(grad=True)], 1)
+        for j, (p, w) in enumerate(zip(previous, current, strict=True)):
+            w_norm = w.norm(dim=1)
+            cos = (p * w).sum(1) / (p.norm(dim=1) * w_norm)
+            angles[:, step - 1, j] = torch.acos(cos.clamp(-1.0, 1.0))
+            norms[:, step, j] = w_norm
+        previous[:] = current
 
     runs = train(members, data, steps, lr, seeds=seeds, batch_size=batch_size, eval_every=eval_every,
                  weight_decay=weight_decay, decay=scale_invariant_weights, on_step=record,
                  progress=False)
-
-    def tensor(rows: list) -> torch.Tensor:  # (steps, members, layers) -> (members, steps, layers)
-        return torch.tensor(rows, dtype=torch.float64).transpose(0, 1)
-
-    return NormTrace(tensor(norms), tensor(grad_norms), tensor(angles), runs)
+    return NormTrace(norms, grad_norms, angles, runs)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 from numbers import Real
-from types import SimpleNamespace
 
 import torch
 
@@ -152,18 +151,13 @@ def largest_trainable_lr(fn) -> None:
     passed(name, "6 sweeps: unsorted, with NaN, none trainable")
 
 
-def _history(steps: list[int], acc: list[float]) -> SimpleNamespace:
-    """One run's record as the exercise reads it: ``eval_step`` and ``test_acc``, lists."""
-    return SimpleNamespace(eval_step=list(steps), test_acc=list(acc))
-
-
 def _first(acc: list[float], target: float, strict: bool = False) -> int | None:
     return next((i for i, a in enumerate(acc) if (a > target if strict else a >= target)), None)
 
 
 def steps_fraction(fn) -> None:
-    """Check ``fn(plain, normed)``: the fraction of the plain run's steps the BN run needs to reach
-    the plain run's final test accuracy (None if it never does)."""
+    """Check ``fn(eval_step, plain_acc, bn_acc)``: the fraction of the plain run's steps the BN run
+    needs to reach the plain run's final test accuracy (None if it never does)."""
     name = "steps_fraction"
     uniform = [0, 50, 100, 150, 200, 250, 300, 350, 400]
     cases = [  # (evaluated steps, plain test accuracies, normed test accuracies)
@@ -174,12 +168,15 @@ def steps_fraction(fn) -> None:
         (uniform, [0.1, 0.2, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99],
          [0.1, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95, 0.96, 0.97]),
     ]
-    for steps, plain_acc, normed_acc in cases:
-        plain, normed = _history(steps, plain_acc), _history(steps, normed_acc)
+    for i, (steps, plain_acc, normed_acc) in enumerate(cases):
         first = _first(normed_acc, plain_acc[-1])
         reached = None if first is None else steps[first]
         ref = None if reached is None else reached / steps[-1]
-        got = _number(call(fn, plain, normed, name=name), name, "a fraction (a float)", allow_none=True)
+        # as lists, and once as rows of a Runs table (tensors)
+        args = ((list(steps), list(plain_acc), list(normed_acc)) if i != 1 else
+                (list(steps), torch.tensor(plain_acc, dtype=torch.float64),
+                 torch.tensor(normed_acc, dtype=torch.float64)))
+        got = _number(call(fn, *args, name=name), name, "a fraction (a float)", allow_none=True)
         why = f"here the BN run never reaches the plain run's final accuracy {plain_acc[-1]}"
         if _matches_optional(got, ref, name, why):
             continue
@@ -194,7 +191,7 @@ def steps_fraction(fn) -> None:
             hint = ("you divided evaluation indices; use the steps themselves (eval_step), which "
                     "need not be 1 apart")
         elif i_max is not None and math.isclose(got, steps[i_max] / steps[-1]):
-            hint = ("the target is the plain run's final accuracy, plain.test_acc[-1], not its best "
+            hint = ("the target is the plain run's final accuracy, plain_acc[-1], not its best "
                     "one")
         elif i_strict is not None and math.isclose(got, steps[i_strict] / steps[-1]):
             hint = "reaching the target exactly counts: compare with >="
