@@ -94,7 +94,7 @@ def not_attempted(*args):
 
 
 @pytest.mark.parametrize("check", ["bn_forward", "identity_gap", "bias_shift", "hand_written_layer",
-                                   "bn_backward", "numeric_gradient"])
+                                   "bn_backward", "gradient_kept", "numeric_gradient"])
 def test_not_attempted(check):
     with pytest.raises(CheckFailed, match="not attempted"):
         getattr(bn.check, check)(not_attempted)
@@ -134,6 +134,37 @@ def test_the_exact_gap_is_what_a_simulation_measures():
 def test_identity_gap_names_the_mistake(fn, message):
     with pytest.raises(CheckFailed, match=message):
         bn.check.identity_gap(fn)
+
+
+# ---- gradient_kept -------------------------------------------------------------------------
+
+def test_gradient_kept_passes_the_exact_fraction(capsys):
+    bn.check.gradient_kept(lambda m: (m - 2) / m)
+    out = capsys.readouterr().out
+    assert "✔ gradient_kept: correct" in out and "measured with the backward pass" in out
+
+
+def test_the_kept_fraction_is_what_the_backward_pass_measures():
+    for m in (3, 4, 8, 32):
+        measured = bn.check.flow.gradient_kept_measured(m, seed=m)
+        assert abs(measured - (m - 2) / m) < 0.03  # 4,000 batches: standard error below 0.005
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda m: 1.0, "the direct path's own"),
+    (lambda m: (m - 1) / m, "counts only the mean removed"),
+    (lambda m: 2 / m, "the fraction removed, not the fraction kept"),
+    (lambda m: ((m - 2) / m) ** 0.5, "ratio of norms"),
+    (lambda m: (m - 2) / (m - 1), "divide by m, not m - 1"),
+    (lambda m: m - 2, "the number of directions kept"),
+    (lambda m: 0.5, "not the fraction the backward pass keeps"),
+    (lambda m: None, "returned None"),
+    (lambda m: float("inf"), "not finite"),
+    (lambda m: bn.check.flow.gradient_kept_measured(m), "write your own"),
+])
+def test_gradient_kept_names_the_mistake(fn, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.gradient_kept(fn)
 
 
 # ---- hand_written_layer --------------------------------------------------------------------
@@ -208,6 +239,8 @@ def test_messages_speak_chinese(monkeypatch):
         bn.check.hand_written_layer(BuggyBatchNorm1d)
     with pytest.raises(CheckFailed, match="只算了批均值的噪声"):
         bn.check.identity_gap(lambda m: 1 / m)
+    with pytest.raises(CheckFailed, match="还去掉了沿 x_hat 的分量"):
+        bn.check.gradient_kept(lambda m: (m - 1) / m)
     with pytest.raises(CheckFailed, match="缺少 eps"):
         bn.check.bn_forward(lambda x, g, b, eps: forward(x, g, b, eps, how="none"))
     with pytest.raises(CheckFailed, match="把 mu 和 sigma\\^2 当成了常数"):

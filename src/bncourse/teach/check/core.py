@@ -30,11 +30,13 @@ TORCH_BATCH_NORM = ("torch.nn.functional.batch_norm", "torch.nn.modules.batchnor
 KERNELS = (*TORCH_BATCH_NORM, "bncourse.kernels", "bncourse.functional", "bncourse.tuned", "bncourse.layers",
            "bncourse.nn", "bncourse.autograd")
 AUTOGRAD = ("torch.autograd.grad", "torch.autograd.backward")
+SAMPLING = ("torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "random")  # a formula
 WRITE_YOUR_OWN = {
     "mse_gradient": AUTOGRAD,
     "largest_stable_lr": ("bncourse.lab.landscape",),
     "standardize": ("bncourse.lab.scaling",),
-    "identity_gap": ("torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "random"),
+    "identity_gap": SAMPLING,
+    "gradient_kept": SAMPLING + KERNELS + AUTOGRAD,
     "hand_written_layer": KERNELS,
     "bn_forward": KERNELS,
     "bias_shift": KERNELS,

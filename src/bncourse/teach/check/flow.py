@@ -17,8 +17,8 @@ from ...lab.testing import numeric_gradient as _reference_gradient
 from ...lab.testing import rel_error
 from .core import CheckFailed, affine_params, call, channel_data, passed, say
 
-__all__ = ["bias_shift", "bn_backward", "bn_forward", "hand_written_layer", "identity_gap",
-           "numeric_gradient"]
+__all__ = ["bias_shift", "bn_backward", "bn_forward", "gradient_kept", "hand_written_layer",
+           "identity_gap", "numeric_gradient"]
 
 EPS = 1e-3  # large enough that forgetting it, or adding it in the wrong place, shows
 
@@ -188,13 +188,10 @@ GAP_SIZES = (5, 8, 16, 64, 256)
 GAP_RTOL = 0.07  # the first-order 3 / (2m) is 5.8% below the exact value at m = 5
 
 
-def identity_gap(fn: Callable) -> None:
-    """Check ``fn(m) -> gap``: the mean of (y - x)^2 in units of the feature's variance, for batch
-    norm in training mode with the population's gamma and beta, on batches of ``m``."""
-    name = "identity_gap"
-    exact = torch.tensor([identity_gap_exact(m) for m in GAP_SIZES], dtype=torch.float64)
+def _numbers(fn: Callable, name: str, sizes: tuple[int, ...]) -> list[float]:
+    """``fn(m)`` for each batch size ``m``, as finite floats, or a failure that says what came back."""
     values = []
-    for m in GAP_SIZES:
+    for m in sizes:
         value = call(fn, m, name=name)
         if value is None:
             raise CheckFailed(say(en=f"{name}: the function returned None; did you forget `return`?",
@@ -204,11 +201,20 @@ def identity_gap(fn: Callable) -> None:
         except (TypeError, ValueError) as e:
             raise CheckFailed(say(en=f"{name}: expected one number for m = {m}, got {value!r}",
                                   zh=f"{name}：m = {m} 时应返回一个数，得到的是 {value!r}")) from e
+    if not all(math.isfinite(v) for v in values):
+        raise CheckFailed(say(en=f"{name}: your result is not finite for some m: {values}",
+                              zh=f"{name}：某些 m 下你的结果不是有限数：{values}"))
+    return values
+
+
+def identity_gap(fn: Callable) -> None:
+    """Check ``fn(m) -> gap``: the mean of (y - x)^2 in units of the feature's variance, for batch
+    norm in training mode with the population's gamma and beta, on batches of ``m``."""
+    name = "identity_gap"
+    exact = torch.tensor([identity_gap_exact(m) for m in GAP_SIZES], dtype=torch.float64)
+    values = _numbers(fn, name, GAP_SIZES)
     got = torch.tensor(values, dtype=torch.float64)
     sizes = torch.tensor(GAP_SIZES, dtype=torch.float64)
-    if not torch.isfinite(got).all():
-        raise CheckFailed(say(en=f"{name}: your gap is not finite for some m: {values}",
-                              zh=f"{name}：某些 m 下你的结果不是有限数：{values}"))
     if torch.allclose(got, exact, rtol=GAP_RTOL, atol=0):
         m = GAP_SIZES[0]
         detail = say(
@@ -250,6 +256,72 @@ def identity_gap(fn: Callable) -> None:
            "deviation",
         zh=f"{name}：与精确值相差超过 {GAP_RTOL:.0%}（{mine}）。把 x_i 写成 mu + sigma z_i，"
            "再把 y_i - x_i 拆成来自批均值的部分和来自批标准差的部分"))
+
+
+def gradient_kept_measured(m: int, batches: int = 4000, seed: int = 0) -> float:
+    """The mean over batches of ||dL/dx||^2 / ||direct path||^2, measured with the package's fused
+    backward: ``batches`` batches of ``m`` standard normal values (one feature each, eps = 1e-5
+    negligible), an upstream gradient of independent standard normal entries, gamma = 1."""
+    g = generator(seed)
+    x = torch.randn(m, batches, generator=g, dtype=torch.float64)
+    dout = torch.randn(m, batches, generator=g, dtype=torch.float64)
+    _, cache = F.batch_norm_forward(x, None, None, 1e-5)
+    dx = F.batch_norm_backward_fused(dout, cache)[0]
+    direct = dout * cache.inv_std
+    return (dx.square().sum(0) / direct.square().sum(0)).mean().item()
+
+
+KEPT_SIZES = (3, 4, 8, 32, 128)
+KEPT_RTOL = 0.02  # the exact value for eps = 0; eps = 1e-5 on unit-variance data changes it by 1e-10
+
+
+def gradient_kept(fn: Callable) -> None:
+    """Check ``fn(m) -> fraction``: the squared norm of batch norm's input gradient over that of the
+    direct path alone, on average over batches, for an upstream gradient of independent standard
+    normal entries: the backward pass projects it off two of m orthonormal directions, which leaves
+    (m - 2) / m (exactly, for eps = 0: the ratio is Beta((m - 2) / 2, 1))."""
+    name = "gradient_kept"
+    values = _numbers(fn, name, KEPT_SIZES)
+    got = torch.tensor(values, dtype=torch.float64)
+    m = torch.tensor(KEPT_SIZES, dtype=torch.float64)
+    exact = (m - 2) / m
+    if torch.allclose(got, exact, rtol=KEPT_RTOL, atol=1e-9):
+        k = KEPT_SIZES[1]
+        passed(name, say(
+            en=f"for m = {k} you derived {values[1]:.4f}; measured with the backward pass on 4,000 batches "
+               f"{gradient_kept_measured(k):.4f}. Of the m directions of the gradient, two are removed, "
+               "the constant one and the one along x_hat: (m - 2) / m is kept",
+            zh=f"m = {k} 时你推导出 {values[1]:.4f}；用反向传播在 4,000 个批上测得 "
+               f"{gradient_kept_measured(k):.4f}。梯度的 m 个方向中去掉了两个：常数方向和沿 x_hat 的方向，"
+               "所以保留了 (m - 2) / m"))
+        return
+    mistakes = [
+        ("1 is the direct path's own: the paths through mu and sigma^2 take something away",
+         "1 是直接路径自己的值：经过 mu 和 sigma^2 的路径会去掉一部分", torch.ones_like(m)),
+        ("(m - 1) / m counts only the mean removed (the path through mu); the path through sigma^2 also "
+         "removes the component along x_hat",
+         "(m - 1) / m 只算了去掉的均值（经过 mu 的路径）；经过 sigma^2 的路径还去掉了沿 x_hat 的分量",
+         (m - 1) / m),
+        ("that is the fraction removed, not the fraction kept", "这是去掉的比例，而不是保留的比例", 2 / m),
+        ("that is a ratio of norms; the exercise asks for the ratio of squared norms",
+         "这是范数之比；练习要的是范数平方之比", torch.sqrt(exact)),
+        ("removing two directions is right, but the gradient has m entries of variance 1, so its squared "
+         "norm is m on average: divide by m, not m - 1",
+         "去掉两个方向是对的，但应除以 m 而不是 m - 1：梯度有 m 个元素，每个的方差都是 1",
+         (m - 2) / (m - 1)),
+        ("that is the number of directions kept, m - 2; the exercise asks for the fraction of the squared "
+         "norm", "这是保留的方向数 m - 2；练习要的是范数平方中保留的比例", m - 2),
+    ]
+    for en, zh, wrong in mistakes:
+        if torch.allclose(got, wrong, rtol=KEPT_RTOL, atol=1e-9):
+            raise CheckFailed(say(en=f"{name}: {en}", zh=f"{name}：{zh}"))
+    mine = ", ".join(f"m = {k}: {v:.4g}" for k, v in zip(KEPT_SIZES, values, strict=True))
+    raise CheckFailed(say(
+        en=f"{name}: not the fraction the backward pass keeps ({mine}). Read the closed form as an "
+           "operation on the vector (g_1, ..., g_m): which directions does it remove, and what share of "
+           "a random vector's squared norm lies along each?",
+        zh=f"{name}：不是反向传播保留的比例（{mine}）。把闭式解看作对向量 (g_1, ..., g_m) 的运算："
+           "它去掉了哪些方向？一个随机向量的范数平方中，沿每个方向的平均占多少？"))
 
 
 def bias_shift(fn: Callable) -> None:
