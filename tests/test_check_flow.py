@@ -109,7 +109,7 @@ def gap_first_order(m):
 def test_identity_gap_passes_the_exact_value_and_the_first_order_one(capsys):
     bn.check.identity_gap(bn.check.flow.identity_gap_exact)
     bn.check.identity_gap(gap_first_order)
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the pass message wraps to the page's width
     assert out.count("✔ identity_gap: correct") == 2 and "measured on 20,000 batches" in out
 
 
@@ -140,7 +140,7 @@ def test_identity_gap_names_the_mistake(fn, message):
 
 def test_gradient_kept_passes_the_exact_fraction(capsys):
     bn.check.gradient_kept(lambda m: (m - 2) / m)
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the pass message wraps to the page's width
     assert "✔ gradient_kept: correct" in out and "measured with the backward pass" in out
 
 
@@ -231,6 +231,16 @@ def test_hand_written_layer_passes_the_fix(capsys):
 def test_hand_written_layer_names_the_mistake(cls, message):
     with pytest.raises(CheckFailed, match=message):
         bn.check.hand_written_layer(cls)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_pass_messages_fit_the_page(monkeypatch, capsys, lang):
+    monkeypatch.setenv("BNCOURSE_LANG", lang)
+    bn.check.gradient_kept(lambda m: (m - 2) / m)
+    bn.check.identity_gap(bn.check.flow.identity_gap_exact)
+    bn.check.hand_written_layer(layer())
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 3 and all(bn.check.flow._columns(line) <= 88 for line in lines)
 
 
 def test_messages_speak_chinese(monkeypatch):
