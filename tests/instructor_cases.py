@@ -93,7 +93,7 @@ SYNTHETIC = {  # notebook -> its exercises (a label with "forward" is a bn_forwa
         Case("after-hang", "right answer after a hang", "right", "pass", "error"),
     ],
 }
-IDENTITY, FORWARD, BIAS = "ch3-ex-identity", "ch3-ex-forward", "ch3-ex-bias"
+IDENTITY, FORWARD, BIAS = "ch3-ex-population-identity", "ch3-ex-forward", "ch3-ex-bias"
 # student -> notebook -> cases. Not here: the untouched edition, submitted through the exchange, and a
 # corrupt file (CORRUPT's), which both graders fail to read.
 CORRUPT = "zoe"

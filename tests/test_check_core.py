@@ -99,3 +99,28 @@ def test_checks_speak_the_learners_language(monkeypatch, capsys):
     monkeypatch.setenv("BNCOURSE_LANG", "fr")
     with pytest.raises(ValueError, match="BNCOURSE_LANG must be"):
         core.say("a", "b")
+
+
+def test_the_shared_messages_speak_chinese(monkeypatch, capsys):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+
+    def stub(*args):
+        raise NotImplementedError
+
+    with pytest.raises(core.CheckFailed, match="尚未作答"):
+        core.call(stub, name="f")
+    with pytest.raises(core.CheckFailed, match="函数抛出了 ZeroDivisionError"):
+        core.run(lambda: 1 / 0, name="f", what="m = 3")
+    with pytest.raises(core.CheckFailed, match="是不是忘了 `return`"):
+        core.as_tensor(None, "f", torch.zeros(2))
+    with pytest.raises(core.CheckFailed, match="结果的形状应为"):
+        core.as_tensor(torch.zeros(3), "f", torch.zeros(2))
+    with pytest.raises(core.CheckFailed, match="请自己动手写"):
+        core.call(lambda x: torch.nn.functional.batch_norm(x, None, None, training=True),
+                  torch.randn(4, 3), name="bn_forward")
+    with pytest.raises(core.CheckFailed, match="你的预测应是一个数"):
+        core.prediction("p", None, 0.5, low=0, high=1, explain="")
+    with pytest.raises(core.CheckFailed, match="不在 \\[0, 1\\] 内"):
+        core.prediction("p", 3.0, 0.5, low=0, high=1, explain="")
+    core.prediction("p", 0.4, 0.5, low=0, high=1, explain="因为。")
+    assert "你预测 0.4，实测为 0.5：比实测低 0.1。因为。" in capsys.readouterr().out

@@ -93,38 +93,172 @@ def not_attempted(*args):
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("check", ["bn_forward", "identity_params", "bias_shift", "bn_backward",
-                                   "numeric_gradient"])
+@pytest.mark.parametrize("check", ["bn_forward", "identity_gap", "bias_shift", "hand_written_layer",
+                                   "bn_backward", "gradient_kept", "numeric_gradient"])
 def test_not_attempted(check):
     with pytest.raises(CheckFailed, match="not attempted"):
         getattr(bn.check, check)(not_attempted)
 
 
-# ---- identity_params -----------------------------------------------------------------------
+# ---- identity_gap --------------------------------------------------------------------------
 
-def identity(x, eps):
-    return torch.sqrt(x.var(0, correction=0) + eps), x.mean(0)
+def gap_first_order(m):
+    return 1 / m + 1 / (2 * m)
 
 
-def test_identity_params_passes_the_reference(capsys):
-    bn.check.identity_params(identity)
-    assert "✔ identity_params: correct" in capsys.readouterr().out
+def test_identity_gap_passes_the_exact_value_and_the_first_order_one(capsys):
+    bn.check.identity_gap(bn.check.flow.identity_gap_exact)
+    bn.check.identity_gap(gap_first_order)
+    out = " ".join(capsys.readouterr().out.split())  # the pass message wraps to the page's width
+    assert out.count("✔ identity_gap: correct") == 2 and "measured on 20,000 batches" in out
+
+
+def test_the_exact_gap_is_what_a_simulation_measures():
+    for m in (3, 5, 16, 64):
+        exact, measured = bn.check.flow.identity_gap_exact(m), bn.check.flow.identity_gap_measured(m)
+        assert abs(measured - exact) < 0.03 * exact  # 20,000 batches: about 1% standard error
 
 
 @pytest.mark.parametrize("fn, message", [
-    (lambda x, eps: (torch.sqrt(x.var(0) + eps), x.mean(0)), "unbiased variance"),
-    (lambda x, eps: (x.std(0, correction=0), x.mean(0)), "eps is missing"),
-    (lambda x, eps: (x.std(0, correction=0) + eps, x.mean(0)), "outside the square root"),
-    (lambda x, eps: (x.var(0, correction=0) + eps, x.mean(0)), "square root is missing"),
-    (lambda x, eps: identity(x, eps)[::-1], "swapped"),
-    (lambda x, eps: (identity(x, eps)[0], torch.zeros(x.shape[1])), "beta = 0"),
-    (lambda x, eps: (torch.ones(x.shape[1]), x.mean(0)), "gamma = 1"),
-    (lambda x, eps: (torch.sqrt(x.var(1, correction=0) + eps), x.mean(1)), "dim 0"),
-    (lambda x, eps: identity(x, eps)[0], "expected a pair"),
+    (lambda m: 0.0, "the identity is exact only in eval mode"),
+    (lambda m: 1 / m, "but not that of the batch standard deviation"),
+    (lambda m: 1 / (2 * m), "but not that of the batch mean"),
+    (lambda m: 3 / m, "variance of the batch variance"),
+    (lambda m: gap_first_order(m) ** 0.5, "root mean square"),
+    (lambda m: 2 / m, "not within 7% of the exact value"),
+    (lambda m: None, "returned None"),
+    (lambda m: "small", "expected one number"),
+    (lambda m: float("nan"), "not finite"),
+    (lambda m: torch.randn(100_000, m).var(1, correction=0).mean().item(), "write your own"),
 ])
-def test_identity_params_names_the_mistake(fn, message):
+def test_identity_gap_names_the_mistake(fn, message):
     with pytest.raises(CheckFailed, match=message):
-        bn.check.identity_params(fn)
+        bn.check.identity_gap(fn)
+
+
+# ---- gradient_kept -------------------------------------------------------------------------
+
+def test_gradient_kept_passes_the_exact_fraction(capsys):
+    bn.check.gradient_kept(lambda m: (m - 2) / m)
+    out = " ".join(capsys.readouterr().out.split())  # the pass message wraps to the page's width
+    assert "✔ gradient_kept: correct" in out and "measured with the backward pass" in out
+
+
+def test_the_kept_fraction_is_what_the_backward_pass_measures():
+    for m in (3, 4, 8, 32):
+        measured = bn.check.flow.gradient_kept_measured(m, seed=m)
+        assert abs(measured - (m - 2) / m) < 0.03  # 4,000 batches: standard error below 0.005
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda m: 1.0, "the direct path's own"),
+    (lambda m: (m - 1) / m, "counts only the mean removed"),
+    (lambda m: 2 / m, "the fraction removed, not the fraction kept"),
+    (lambda m: ((m - 2) / m) ** 0.5, "ratio of norms"),
+    (lambda m: (m - 2) / (m - 1), "divide by m, not m - 1"),
+    (lambda m: m - 2, "the number of directions kept"),
+    (lambda m: 0.5, "not the fraction the backward pass keeps"),
+    (lambda m: None, "returned None"),
+    (lambda m: float("inf"), "not finite"),
+    (lambda m: bn.check.flow.gradient_kept_measured(m), "write your own"),
+])
+def test_gradient_kept_names_the_mistake(fn, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.gradient_kept(fn)
+
+
+# ---- hand_written_layer --------------------------------------------------------------------
+
+class BuggyBatchNorm1d(torch.nn.Module):
+    """The page's buggy layer: the unbiased variance to normalize, the biased one in the buffer."""
+
+    def __init__(self, features, momentum=0.1, eps=1e-5):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(features))
+        self.bias = torch.nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+        self.momentum, self.eps = momentum, eps
+
+    def forward(self, x):
+        if self.training:
+            mean, var = x.mean(0), x.var(0)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(x.var(0, correction=0), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
+
+
+def layer(normalize=0, buffer=1, train_running=False, eval_batch=False, reversed_momentum=False):
+    """A hand-written layer: the corrections of normalize and buffer (0 biased, 1 unbiased), or a mistake."""
+    class Layer(BuggyBatchNorm1d):
+        def forward(self, x):
+            if self.training:
+                mean, var = x.mean(0), x.var(0, correction=normalize)
+                weight = 1 - self.momentum if reversed_momentum else self.momentum
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean, weight)
+                    self.running_var.lerp_(x.var(0, correction=buffer), weight)
+                if train_running:
+                    mean, var = self.running_mean, self.running_var
+            elif eval_batch:
+                mean, var = x.mean(0), x.var(0, correction=0)
+            else:
+                mean, var = self.running_mean, self.running_var
+            return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
+
+    return Layer
+
+
+def test_hand_written_layer_passes_the_fix(capsys):
+    bn.check.hand_written_layer(layer())
+    assert "✔ hand_written_layer: correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls, message", [
+    (BuggyBatchNorm1d, "training-mode output of batch 1 .* unbiased variance"),
+    (layer(normalize=1, buffer=1), "training-mode output of batch 1 .* unbiased variance"),
+    (layer(normalize=0, buffer=0), "running_var after 12 batches is wrong: it follows the biased"),
+    (layer(train_running=True), "normalizes with the running statistics"),
+    (layer(eval_batch=True), "eval-mode output is wrong: in eval mode it normalizes with the batch's"),
+    (layer(reversed_momentum=True), "running_mean after 12 batches is wrong: momentum is reversed"),
+    (type("Torch", (torch.nn.BatchNorm1d,), {}), "write your own"),
+    (lambda features: torch.nn.Linear(features, features), "missing: running_mean, running_var"),
+    (lambda features: 1 / 0, "creating the layer.*ZeroDivisionError"),
+])
+def test_hand_written_layer_names_the_mistake(cls, message):
+    with pytest.raises(CheckFailed, match=message):
+        bn.check.hand_written_layer(cls)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_pass_messages_fit_the_page(monkeypatch, capsys, lang):
+    monkeypatch.setenv("BNCOURSE_LANG", lang)
+    bn.check.gradient_kept(lambda m: (m - 2) / m)
+    bn.check.identity_gap(bn.check.flow.identity_gap_exact)
+    bn.check.hand_written_layer(layer())
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 3 and all(bn.check.flow._columns(line) <= 88 for line in lines)
+
+
+def test_messages_speak_chinese(monkeypatch):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed, match="训练模式下它用无偏方差做标准化"):
+        bn.check.hand_written_layer(BuggyBatchNorm1d)
+    with pytest.raises(CheckFailed, match="只算了批均值的噪声"):
+        bn.check.identity_gap(lambda m: 1 / m)
+    with pytest.raises(CheckFailed, match="还去掉了沿 x_hat 的分量"):
+        bn.check.gradient_kept(lambda m: (m - 1) / m)
+    with pytest.raises(CheckFailed, match="缺少 eps"):
+        bn.check.bn_forward(lambda x, g, b, eps: forward(x, g, b, eps, how="none"))
+    with pytest.raises(CheckFailed, match="把 mu 和 sigma\\^2 当成了常数"):
+        bn.check.bn_backward(lambda dout, x, g, eps: backward(dout, x, g, eps, paths=()))
+    with pytest.raises(CheckFailed, match="除以 2h"):
+        bn.check.numeric_gradient(lambda f, x, dout, h: differences(f, x, dout, h, how="over h"))
+    with pytest.raises(CheckFailed, match="符号反了"):
+        bn.check.bias_shift(lambda b, g, v, eps, training: -shift(b, g, v, eps, training))
 
 
 # ---- bias_shift ----------------------------------------------------------------------------
@@ -228,7 +362,8 @@ def test_bn_backward_names_the_parameter_mistake(wrong, message):
 
 
 def test_checks_are_exported():
-    for name in ("bn_forward", "identity_params", "bias_shift", "bn_backward", "numeric_gradient"):
+    for name in ("bn_forward", "identity_gap", "bias_shift", "hand_written_layer", "bn_backward",
+                 "numeric_gradient"):
         assert name in bn.check.flow.__all__
         assert callable(getattr(bn.check, name))
 

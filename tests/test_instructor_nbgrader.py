@@ -171,7 +171,8 @@ def test_the_untouched_edition_submitted_through_the_exchange_scores_nothing(cou
 
 def test_a_corrupt_submission_is_an_error_and_the_batch_goes_on(course):
     rows = {k: r for k, r in course["ours"].items() if k[0] == cases.CORRUPT}
-    assert [k[2] for k in rows] == ["ch3-ex-identity", "ch3-ex-forward", "ch3-ex-bias"]
+    assert [k[2] for k in rows] == ["ch3-ex-population-identity", "ch3-ex-forward", "ch3-ex-bias",
+                                    "ch3-ex-hand-written"]
     assert all(r["status"] == ERROR and "cannot read" in r["message"] for r in rows.values())
     assert all(course["theirs"][k][0] == "error" for k in rows)
     assert course["exit_status"] == 2

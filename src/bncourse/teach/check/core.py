@@ -30,11 +30,14 @@ TORCH_BATCH_NORM = ("torch.nn.functional.batch_norm", "torch.nn.modules.batchnor
 KERNELS = (*TORCH_BATCH_NORM, "bncourse.kernels", "bncourse.functional", "bncourse.tuned", "bncourse.layers",
            "bncourse.nn", "bncourse.autograd")
 AUTOGRAD = ("torch.autograd.grad", "torch.autograd.backward")
+SAMPLING = ("torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "random")  # a formula
 WRITE_YOUR_OWN = {
     "mse_gradient": AUTOGRAD,
     "largest_stable_lr": ("bncourse.lab.landscape",),
     "standardize": ("bncourse.lab.scaling",),
-    "identity_params": KERNELS,
+    "identity_gap": SAMPLING,
+    "gradient_kept": SAMPLING + KERNELS + AUTOGRAD,
+    "hand_written_layer": KERNELS,
     "bn_forward": KERNELS,
     "bias_shift": KERNELS,
     "bn_backward": KERNELS + AUTOGRAD,
@@ -84,7 +87,8 @@ def call(fn: Callable, *args, name: str):
         try:
             return fn(*args)
         except NotImplementedError as e:
-            raise CheckFailed(f"{name}: not attempted yet (the function raises NotImplementedError)") from e
+            raise CheckFailed(say(en=f"{name}: not attempted yet (the function raises NotImplementedError)",
+                                  zh=f"{name}：尚未作答（函数抛出 NotImplementedError）")) from e
 
 
 def run(fn: Callable, *args, name: str, what: str):
@@ -94,7 +98,8 @@ def run(fn: Callable, *args, name: str, what: str):
     except CheckFailed:
         raise
     except Exception as e:
-        raise CheckFailed(f"{name}: the function raised {type(e).__name__}: {e} ({what})") from e
+        raise CheckFailed(say(en=f"{name}: the function raised {type(e).__name__}: {e} ({what})",
+                              zh=f"{name}：函数抛出了 {type(e).__name__}：{e}（{what}）")) from e
 
 
 def channel_data(shape, seed: int, offset: float, channel_dim: int = 1) -> torch.Tensor:
@@ -120,12 +125,13 @@ def affine_params(c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def as_tensor(value, name: str, like: torch.Tensor) -> torch.Tensor:
     """The learner's result as a tensor shaped like ``like``, or a failure naming the mismatch."""
     if value is None:
-        raise CheckFailed(f"{name}: the function returned None; did you forget `return`?")
+        raise CheckFailed(say(en=f"{name}: the function returned None; did you forget `return`?",
+                              zh=f"{name}：函数返回了 None；是不是忘了 `return`？"))
     t = torch.as_tensor(value)
     if t.shape != like.shape:
-        raise CheckFailed(
-            f"{name}: expected a result of shape {tuple(like.shape)}, got {tuple(t.shape)}"
-        )
+        raise CheckFailed(say(
+            en=f"{name}: expected a result of shape {tuple(like.shape)}, got {tuple(t.shape)}",
+            zh=f"{name}：结果的形状应为 {tuple(like.shape)}，得到的是 {tuple(t.shape)}"))
     return t.to(like.dtype)
 
 
@@ -182,8 +188,10 @@ def _write_your_own(name: str):
     used = []
 
     def failure() -> CheckFailed:
-        return CheckFailed(f"{name}: write your own: your function calls {used[0]}, which this exercise "
-                           "asks you to do without")
+        return CheckFailed(say(
+            en=f"{name}: write your own: your function calls {used[0]}, which this exercise asks you to "
+               "do without",
+            zh=f"{name}：请自己动手写：你的函数调用了 {used[0]}，而这个练习要求不用它"))
 
     def profile(frame, event, arg):
         what = _used(names, frame, event, arg)
@@ -210,15 +218,23 @@ def prediction(name: str, guess, measured: float, *, low: float, high: float, ex
     """Check a *predict* exercise: the learner committed to ``guess`` before the cell that measured
     ``measured``. It passes for any honest prediction, a number in the plausible range
     ``[low, high]``, and prints how far it was from the run and ``explain``, why the run came out
-    where it did. It fails only for a prediction not made (the stub, None, not a number, NaN)."""
+    where it did (in the learner's language: build it with :func:`say`). It fails only for a
+    prediction not made (the stub, None, not a number, NaN)."""
     if guess is None or isinstance(guess, bool) or not isinstance(guess, numbers.Real) \
             or math.isnan(guess):
-        raise CheckFailed(f"{name}: expected your prediction as a number, got {guess!r}; commit to "
-                          f"one before you run the measurement")
+        raise CheckFailed(say(
+            en=f"{name}: expected your prediction as a number, got {guess!r}; commit to one before you "
+               "run the measurement",
+            zh=f"{name}：你的预测应是一个数，得到的是 {guess!r}；请在运行测量之前先给出预测"))
     if not low <= guess <= high:
-        raise CheckFailed(f"{name}: your prediction {guess:{fmt}} is outside [{low:{fmt}}, {high:{fmt}}], "
-                          f"the range this quantity can take here; reread the setup")
+        raise CheckFailed(say(
+            en=f"{name}: your prediction {guess:{fmt}} is outside [{low:{fmt}}, {high:{fmt}}], the range "
+               "this quantity can take here; reread the setup",
+            zh=f"{name}：你的预测 {guess:{fmt}} 不在 [{low:{fmt}}, {high:{fmt}}] 内，而这个量在这里只能取"
+               "这个范围内的值；请重读实验设置"))
     gap = guess - measured
-    how = "spot on" if math.isclose(guess, measured, rel_tol=0.1, abs_tol=1e-12) else (
-        f"{'above' if gap > 0 else 'below'} the run by {abs(gap):{fmt}}")
-    passed(name, f"you predicted {guess:{fmt}}, the run measured {measured:{fmt}}: {how}. {explain}")
+    close = math.isclose(guess, measured, rel_tol=0.1, abs_tol=1e-12)
+    how = say(en="spot on" if close else f"{'above' if gap > 0 else 'below'} the run by {abs(gap):{fmt}}",
+              zh="正中" if close else f"比实测{'高' if gap > 0 else '低'} {abs(gap):{fmt}}")
+    passed(name, say(en=f"you predicted {guess:{fmt}}, the run measured {measured:{fmt}}: {how}. {explain}",
+                     zh=f"你预测 {guess:{fmt}}，实测为 {measured:{fmt}}：{how}。{explain}"))
