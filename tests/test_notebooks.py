@@ -251,3 +251,21 @@ def test_glue_is_cited_by_path(path):
     problems = [(i, m.group(0)) for i, cell in _cells(path) if cell["cell_type"] == "markdown"
                 for m in GLUE_ROLE.finditer(_text(cell)) if "::" not in m.group(1)]
     _fail(path, problems, "glue cited without its page: write {glue:text}`page.ipynb::name:fmt`")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_no_cell_ends_by_showing_a_glued_value(path):
+    """``bn.glue`` returns its value: as a cell's last expression it would print under the cell."""
+    problems = []
+    for i, cell in _cells(path):
+        if cell["cell_type"] != "code":
+            continue
+        source = _text(cell).rstrip()
+        try:
+            last = ast.parse(source).body[-1:]
+        except SyntaxError:
+            continue
+        if (last and isinstance(last[0], ast.Expr) and isinstance(last[0].value, ast.Call)
+                and ast.unparse(last[0].value.func) == "bn.glue" and not source.endswith(";")):
+            problems.append((i, source.splitlines()[-1]))
+    _fail(path, problems, "cells whose last line shows a glued value: end it with ';'")
