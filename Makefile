@@ -50,16 +50,20 @@ book: $(STAMP) _build/.cache-inputs
 
 # The prose of the English pages into locales/zh_CN/LC_MESSAGES/ (one catalog per page): new and
 # changed sentences come in untranslated or fuzzy, and the tests fail until they are translated.
+# The templates' own messages (sphinx.pot) are left out: locales/zh_CN/LC_MESSAGES/sphinx.po and
+# booktheme.po hold the theme's words, by hand. Extraction starts afresh, so that a removed page
+# leaves no template behind.
 locales: $(STAMP)
-	mkdir -p _build
+	rm -rf _build/gettext && mkdir -p _build
 	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/_config.gettext.yml
 	$(BIN)/jupyter-book build . --config _build/_config.gettext.yml --path-output _build/gettext \
 		--builder custom --custom-builder gettext --quiet
+	rm -f _build/gettext/_build/gettext/sphinx.pot
 	$(BIN)/sphinx-intl update -p _build/gettext/_build/gettext -d locales -l zh_CN -w -1
 
 # The catalogs hold exactly the English pages' sentences, every one translated (nothing fuzzy).
 locales-check: $(STAMP)
-	mkdir -p _build
+	rm -rf _build/gettext && mkdir -p _build
 	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/_config.gettext.yml
 	$(BIN)/jupyter-book build . --config _build/_config.gettext.yml --path-output _build/gettext \
 		--builder custom --custom-builder gettext --quiet
