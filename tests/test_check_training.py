@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import bncourse as bn
 from bncourse.teach.check import CheckFailed
@@ -128,3 +129,78 @@ def test_fixed_adapt_chinese(monkeypatch):
     torch.set_num_threads(1)
     with pytest.raises(CheckFailed, match="评估模式下前向传播从不更新"):
         bn.check.fixed_adapt(buggy)
+
+
+# ---- frozen_batch_norm (06g) -------------------------------------------------------------------
+
+
+def make_frozen(mistake=None):
+    class Frozen(nn.Module):
+        def __init__(self, num_features, eps=1e-5):
+            super().__init__()
+            self.eps = eps
+            if mistake == "parameters":
+                self.weight = nn.Parameter(torch.ones(num_features))
+            else:
+                self.register_buffer("weight", torch.ones(num_features))
+            for key, value in (("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+                self.register_buffer(key, torch.full((num_features,), value))
+
+        def forward(self, x):
+            if mistake == "batch stats" and self.training:
+                return nn.functional.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            eps = 0.0 if mistake == "no eps" else self.eps
+            scale = self.weight / torch.sqrt(self.running_var + eps)
+            shift = self.bias - self.running_mean * scale
+            return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+    return Frozen
+
+
+def test_frozen_batch_norm(capsys):
+    bn.check.frozen_batch_norm(make_frozen())
+    assert "✔ frozen_batch_norm: correct" in capsys.readouterr().out
+    for mistake, message in (("parameters", "has parameters"), ("batch stats", "batch's statistics"),
+                             ("no eps", "eps is missing")):
+        with pytest.raises(CheckFailed, match=message):
+            bn.check.frozen_batch_norm(make_frozen(mistake))
+
+
+def test_frozen_batch_norm_chinese(monkeypatch):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed, match="漏了 eps"):
+        bn.check.frozen_batch_norm(make_frozen("no eps"))
+
+
+# ---- train_with_frozen_bn (06g) --------------------------------------------------------------
+
+
+def test_train_with_frozen_bn():
+    def right(model):
+        model.train()
+        for m in bn.inference.bn_layers(model):
+            m.eval()
+
+    def children_only(model):
+        model.train()
+        for m in model.children():
+            if isinstance(m, nn.BatchNorm1d | bn.nn.BatchNorm1d):
+                m.eval()
+
+    def grads_off(model):
+        model.train()
+        for m in bn.inference.bn_layers(model):
+            m.requires_grad_(False)
+
+    bn.check.train_with_frozen_bn(right)
+    for fn, message in ((children_only, "nested"), (grads_off, "requires_grad"),
+                        (lambda model: model.eval(), "dropout")):
+        with pytest.raises(CheckFailed, match=message):
+            bn.check.train_with_frozen_bn(fn)
+
+
+def test_train_with_frozen_bn_chinese(monkeypatch):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed, match="model.modules\\(\\)"):
+        bn.check.train_with_frozen_bn(lambda m: [m.train()] + [b.eval() for b in m.children()
+                                                          if isinstance(b, nn.BatchNorm1d)] and None)

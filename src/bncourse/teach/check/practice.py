@@ -1,7 +1,6 @@
 """Exercise checks of Chapter 6, batch norm in practice: your own layer, the backward passes of
 batch norm for images and of layer norm, a convnet's folded batch norm and ReLU thresholds, weight
-decay on scale-invariant weights, the variance shift of dropout, residual branches and warmup, and
-fine-tuning with frozen batch norm.
+decay on scale-invariant weights. (The checks of 06e to 06g are in :mod:`.training`.)
 
 The references are PyTorch's own (``torch.nn.BatchNorm1d``, autograd through
 ``torch.nn.functional.batch_norm`` and ``layer_norm``), in float64; each check names the usual
@@ -25,17 +24,11 @@ __all__ = [
     "batch_norm_function",
     "bn_backward_spatial",
     "fold_bn",
-    "frozen_batch_norm",
     "layer_norm_backward",
-    "linear_variance_shift",
     "my_batch_norm",
     "norm_after_step",
     "relu_threshold",
-    "train_with_frozen_bn",
-    "variance_shift",
-    "warmup_lr",
     "weight_angle",
-    "zero_init_residual",
 ]
 
 EPS = 1e-3  # large enough that forgetting it shows
@@ -606,102 +599,6 @@ def norm_after_step(fn: Callable) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dropout before batch norm
-
-
-def variance_shift(fn: Callable) -> None:
-    """Check ``fn(mean, var, p) -> ratio``: for a unit with mean ``mean`` and variance ``var`` going
-    through (inverted) dropout with drop probability ``p`` into batch norm, the ratio of its variance
-    at test time (no dropout) to its variance in training (what BN's running_var learns)."""
-    name = "variance_shift"
-    cases = [(0.0, 1.0, 0.5), (1.0, 1.0, 0.5), (0.4, 0.34, 0.1), (2.0, 0.5, 0.3), (0.4, 0.34, 0.0)]
-    for mean, var, p in cases:
-        what = f"mean {mean}, variance {var}, p = {p}"
-        got = _scalar(run(fn, mean, var, p, name=name, what=what), name, f"the ratio ({what})")
-        q = 1 - p
-        train = (var + mean**2) / q - mean**2
-        ref = var / train
-        if math.isclose(got, ref, rel_tol=1e-9):
-            continue
-        mistakes = [
-            (q, "this ignores the mean; dropout scales the second moment var + mean^2, not the "
-                "variance, so the mean matters (it is 0 only for centred inputs)"),
-            (train / var, "the ratio is upside down: test variance over training variance"),
-            (var / ((var + mean**2) / p - mean**2) if p > 0 else None,
-             "p is the probability of DROPPING a unit; inverted dropout keeps it with probability "
-             "1 - p and divides by 1 - p"),
-            (q * var / (var + mean**2) if mean else None,
-             "dropout's training variance is (var + mean^2) / (1 - p) - mean^2: the - mean^2 is "
-             "missing (the mean is kept by the 1 / (1 - p) rescaling)"),
-            (var / (q * (var + mean**2) - (q * mean) ** 2),
-             "without the 1 / (1 - p) rescaling of inverted dropout (PyTorch's), the training mean "
-             "would differ too; PyTorch divides the kept values by 1 - p"),
-        ]
-        for wrong, message in mistakes:
-            if wrong is not None and math.isclose(got, wrong, rel_tol=1e-9):
-                raise CheckFailed(f"{name}: {message} ({what})")
-        raise CheckFailed(f"{name}: expected {ref:.6g}, got {got:.6g} ({what})")
-    passed(name, "var / ((var + mean^2) / (1 - p) - mean^2)")
-
-
-# ---------------------------------------------------------------------------------------------
-# A frozen batch-norm layer
-
-
-def frozen_batch_norm(cls) -> None:
-    """Check a layer class ``cls(num_features, eps=1e-5)`` that applies fixed statistics and fixed
-    scale and shift, whatever its mode, with buffers named as ``torch.nn.BatchNorm2d``'s."""
-    name = "frozen_batch_norm"
-    if not isinstance(cls, type):
-        raise CheckFailed(f"{name}: expected a class (an nn.Module subclass), got {cls!r}")
-    layer = _construct(cls, name, 3)
-    if list(layer.parameters()):
-        names = [k for k, _ in layer.named_parameters()]
-        raise CheckFailed(f"{name}: the layer has parameters {names}; a frozen layer keeps weight "
-                          f"and bias as buffers (register_buffer), so no optimizer can change them")
-    buffers = dict(layer.named_buffers())
-    missing = [k for k in ("weight", "bias", "running_mean", "running_var") if k not in buffers]
-    if missing:
-        raise CheckFailed(f"{name}: no buffer {missing}; keep weight, bias, running_mean and running_var "
-                          f"as buffers with BatchNorm2d's names, so its state_dict loads")
-    g = generator(0)
-    source = nn.BatchNorm2d(3, eps=EPS).double()
-    with torch.no_grad():
-        source.weight.copy_(torch.rand(3, generator=g, dtype=torch.float64) + 0.5)
-        source.bias.copy_(torch.randn(3, generator=g, dtype=torch.float64))
-        source.running_mean.copy_(torch.randn(3, generator=g, dtype=torch.float64))
-        source.running_var.copy_(torch.tensor([1e-4, 0.5, 4.0], dtype=torch.float64))
-    layer = _construct(cls, name, 3, eps=EPS).double()
-    state = {k: v for k, v in source.state_dict().items() if k != "num_batches_tracked"}
-    try:
-        layer.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckFailed(f"{name}: loading BatchNorm2d's weight, bias, running_mean and running_var "
-                          f"failed: {e}") from e
-    x = channel_data((4, 3, 2, 2), 1, offset=3)
-    source.eval()
-    expected = source(x)
-    for mode in ("train", "eval"):
-        getattr(layer, mode)()
-        before = {k: v.clone() for k, v in layer.state_dict().items()}
-        got = _tensor(run(layer, x.clone(), name=name, what=f"the forward pass after .{mode}()"),
-                      name, expected, f"the output after .{mode}()")
-        if any(not torch.equal(v, before[k]) for k, v in layer.state_dict().items()):
-            raise CheckFailed(f"{name}: a forward pass after .{mode}() changed the buffers; a frozen "
-                              f"layer never updates them")
-        view = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
-        w, b, rm, rv = (view(before[k]) for k in ("weight", "bias", "running_mean", "running_var"))
-        _first_match(name, f"the output after .{mode}()", got, expected, [
-            ("it normalizes with the batch's statistics; a frozen layer uses running_mean and "
-             "running_var, in training as in eval mode",
-             torch_F.batch_norm(x, None, None, before["weight"], before["bias"], True, 0.0, EPS)),
-            ("eps is missing: divide by sqrt(running_var + eps)", w * (x - rm) / rv.sqrt() + b),
-            ("weight and bias are not applied", (x - rm) / (rv + EPS).sqrt()),
-        ], "out = weight * (x - running_mean) / sqrt(running_var + eps) + bias, per channel (dim 1)")
-    passed(name, "eval-mode output in both modes, never updated")
-
-
-# ---------------------------------------------------------------------------------------------
 # The convnet: folding batch norm into the convolution, and the ReLU threshold of a channel
 
 
@@ -832,161 +729,3 @@ def _exact_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     along = torch.dot(a, b) / a.norm()
     across = (b - torch.dot(a, b) / torch.dot(a, a) * a).norm()
     return math.atan2(across.item(), along.item())
-
-
-# ---------------------------------------------------------------------------------------------
-# Dropout's variance shift behind a linear layer
-
-
-def linear_variance_shift(fn: Callable) -> None:
-    """Check ``fn(w, mean, cov, p) -> ratio``: units with means ``mean`` and covariance ``cov`` go
-    through dropout (drop probability ``p``, independent masks) and then ``y = w . (m * h)`` into
-    batch norm; the ratio of y's variance at test time to its variance in training."""
-    name = "linear_variance_shift"
-    for seed, (d, p) in enumerate([(4, 0.5), (6, 0.2), (3, 0.5)]):
-        g = generator(seed)
-        w = torch.randn(d, generator=g, dtype=torch.float64)
-        mean = torch.rand(d, generator=g, dtype=torch.float64)
-        root = torch.randn(d, d, generator=g, dtype=torch.float64) * 0.3 + 0.5 * torch.eye(d)
-        cov = root @ root.T + 0.3                            # strongly correlated units
-        what = f"{d} units, p = {p}"
-        got = _scalar(run(fn, w.clone(), mean.clone(), cov.clone(), p, name=name, what=what),
-                      name, f"the ratio ({what})")
-        second = torch.diagonal(cov) + mean**2
-        test = (w @ cov @ w).item()
-        noise = (p / (1 - p)) * (w**2 * second).sum().item()
-        ref = test / (test + noise)
-        if math.isclose(got, ref, rel_tol=1e-6):
-            continue
-        diag_test = (w**2 * torch.diagonal(cov)).sum().item()
-        mistakes = [
-            (diag_test / (diag_test + noise), "the covariances between the units are missing: the "
-             "test variance of w . h is w^T cov w, and the signal's correlations, which dropout does "
-             "not change, are what makes the shift milder behind a linear layer"),
-            (test / (test + (p / (1 - p)) * (w**2 * torch.diagonal(cov)).sum().item()),
-             "the noise ignores the means: dropout's extra variance per unit is p / (1 - p) times its "
-             "second moment var + mean^2"),
-            (test / (test + ((1 - p) / p) * (w**2 * second).sum().item()),
-             "the mask's variance is p / (1 - p), with p the probability of DROPPING"),
-            ((test + noise) / test, "the ratio is upside down: test variance over training variance"),
-        ]
-        for wrong, message in mistakes:
-            if math.isclose(got, wrong, rel_tol=1e-6):
-                raise CheckFailed(f"{name}: {message} ({what})")
-        raise CheckFailed(f"{name}: expected {ref:.6g}, got {got:.6g} ({what}); the training "
-                          f"variance is w^T cov w plus the masks' noise, sum_j w_j^2 * p / (1 - p) * "
-                          f"(var_j + mean_j^2)")
-    passed(name, "w^T cov w over itself plus the masks' noise")
-
-
-# ---------------------------------------------------------------------------------------------
-# Residual networks: zero-gamma initialization and a learning-rate warmup
-
-
-def zero_init_residual(fn: Callable) -> None:
-    """Check ``fn(model)``: zero the gamma of the last batch norm of every residual branch of a
-    ``bn.residual.residual_mlp`` in place, and nothing else."""
-    from ...lab import residual
-
-    name = "zero_init_residual"
-    torch.manual_seed(shifted(0))
-    model = residual.residual_mlp(depth=3, width=8, inputs=5, classes=3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1)                               # nothing is 0 to begin with
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = run(fn, model, name=name, what="the function")
-    if out is not None and out is not model:
-        raise CheckFailed(f"{name}: change the model in place (return nothing, or the same model)")
-    state = model.state_dict()
-    changed = [k for k in state if not torch.equal(state[k], before[k])]
-    wanted = [f"{i}.branch.4.weight" for i in (3, 4, 5)]
-    if sorted(changed) == sorted(wanted) and all(state[k].abs().sum() == 0 for k in wanted):
-        passed(name, "every branch's last gamma is 0, and nothing else changed")
-        return
-    touched = ", ".join(changed) or "nothing"
-    if not changed:
-        raise CheckFailed(f"{name}: the model did not change; set block.last_bn.weight (the branch's "
-                          f"second batch norm) to 0 in place, e.g. with nn.init.zeros_")
-    if any(k.endswith("branch.1.weight") for k in changed):
-        raise CheckFailed(f"{name}: it zeroes the FIRST batch norm of a branch ({touched}): the ReLU "
-                          f"after it then passes nothing, and no gradient reaches the branch, which "
-                          f"stays dead. Zero the LAST one, whose gamma still gets a gradient")
-    if "1.weight" in changed:
-        raise CheckFailed(f"{name}: it zeroes the batch norm before the blocks ({touched}), which "
-                          f"switches off the whole network; only the branches' last gamma")
-    if any(k.endswith("branch.3.weight") for k in changed):
-        raise CheckFailed(f"{name}: it zeroes the branch's last Linear weight ({touched}): batch norm "
-                          f"then normalizes a batch of zeros, and the branch's gradient passes through "
-                          f"a division by sqrt(eps). Zero the last batch norm's gamma instead")
-    if any(k.endswith(".bias") for k in changed):
-        raise CheckFailed(f"{name}: it changes a bias or beta ({touched}); only gamma (weight) is zeroed")
-    raise CheckFailed(f"{name}: expected exactly {wanted} to become 0, got changes in {touched}")
-
-
-def warmup_lr(fn: Callable) -> None:
-    """Check ``fn(step, base_lr, warmup_steps, start_lr) -> lr``: a linear warmup from ``start_lr``
-    at step 0 to ``base_lr`` at step ``warmup_steps``, then ``base_lr``."""
-    name = "warmup_lr"
-    for base, warm, start in [(1.0, 10, 0.1), (0.4, 5, 0.0), (2.0, 100, 0.25)]:
-        steps = [0, 1, warm // 2, warm - 1, warm, warm + 1, 3 * warm]
-        what = f"base_lr {base}, warmup_steps {warm}, start_lr {start}"
-        got = [_scalar(run(fn, s, base, warm, start, name=name, what=what), name, f"the lr at step {s}")
-               for s in steps]
-        ref = [start + (base - start) * min(s, warm) / warm for s in steps]
-        if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, ref, strict=True)):
-            continue
-        if not math.isclose(got[0], start, abs_tol=1e-12):
-            raise CheckFailed(f"{name}: at step 0 the learning rate should be start_lr = {start}, got "
-                              f"{got[0]} ({what})")
-        if got[-1] > base * (1 + 1e-9):
-            raise CheckFailed(f"{name}: after the warmup the learning rate keeps growing ({got[-1]} at "
-                              f"step {steps[-1]}); it stays at base_lr = {base} ({what})")
-        if not math.isclose(got[4], base, rel_tol=1e-9):
-            raise CheckFailed(f"{name}: at step warmup_steps = {warm} the learning rate should have "
-                              f"reached base_lr = {base}, got {got[4]} (off by one step?) ({what})")
-        raise CheckFailed(f"{name}: the ramp is not linear: expected {ref}, got {got} ({what})")
-    passed(name, "linear from start_lr to base_lr, then constant")
-
-
-# ---------------------------------------------------------------------------------------------
-# Fine-tuning: training mode with the batch-norm layers held in eval mode
-
-
-def train_with_frozen_bn(fn: Callable) -> None:
-    """Check ``fn(model)``: put ``model`` in training mode except for its batch-norm layers, which
-    stay in eval mode (running statistics used, never updated), at any depth of nesting."""
-    from ... import nn as bnn
-
-    name = "train_with_frozen_bn"
-    torch.manual_seed(shifted(0))
-    model = nn.Sequential(
-        nn.Linear(4, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.5),
-        nn.Sequential(nn.Linear(6, 6, bias=False), bnn.BatchNorm1d(6), nn.ReLU()),
-        nn.Linear(6, 2),
-    )
-    model.eval()
-    out = run(fn, model, name=name, what="the function")
-    if out is not None and out is not model:
-        raise CheckFailed(f"{name}: change the model in place (return nothing, or the same model)")
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | bnn.BatchNorm1d)]
-    others = [m for m in model.modules() if m not in norms]
-    if not model[3].training:
-        raise CheckFailed(f"{name}: the dropout layer is in eval mode, so it is off; only the batch-norm "
-                          f"layers should be in eval mode: call model.train() first")
-    frozen_grads = [p for m in norms for p in m.parameters() if not p.requires_grad]
-    if all(m.training for m in norms):
-        hint = (" Turning off requires_grad freezes gamma and beta, not the statistics." if frozen_grads
-                else "")
-        raise CheckFailed(f"{name}: the batch-norm layers are in training mode, so their running "
-                          f"statistics keep moving; call .eval() on each of them.{hint}")
-    if any(m.training for m in norms):
-        raise CheckFailed(f"{name}: the batch-norm layer nested inside a Sequential is still in training "
-                          f"mode; find them all with model.modules(), not model.children()")
-    if not all(m.training for m in others):
-        raise CheckFailed(f"{name}: some layers other than batch norm are in eval mode")
-    before = [m.running_mean.clone() for m in norms]
-    model(torch.randn(8, 4))
-    if not all(torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True)):
-        raise CheckFailed(f"{name}: a forward pass still moved the running statistics")
-    passed(name, "dropout on, every batch-norm layer held")

@@ -1,6 +1,7 @@
 """Exercise checks of Chapter 6's training pages: how wide a layer must be for dropout's variance
-shift to fade (06e, a *derive* exercise), and adapting a network's batch-norm statistics to a new
-scanner, the *diagnose* exercise of 06g.
+shift to fade (06e, a *derive* exercise); on fine-tuning (06g), a frozen batch-norm layer, training
+with batch norm held in eval mode, and adapting a network's batch-norm statistics to a new scanner
+(the *diagnose* exercise).
 
 Every message comes in English and Chinese (``BNCOURSE_LANG``).
 """
@@ -15,11 +16,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ...lab.device import generator, seed_offset
+from ...lab.device import generator, seed_offset, shifted
 from ...layers import bn_layers
-from .core import CheckFailed, passed, run, say
+from .core import CheckFailed, channel_data, passed, run, say
 
-__all__ = ["fixed_adapt", "width_for_shift"]
+__all__ = ["fixed_adapt", "frozen_batch_norm", "train_with_frozen_bn", "width_for_shift"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,3 +258,164 @@ def fixed_adapt(fn: Callable) -> None:
                f"{best:.1%}（用旧统计量时为 {held:.1%}）"))
     passed(name, say(en=f"test accuracy on a new scanner {held:.1%} -> {accuracy:.1%}, no label used",
                      zh=f"新扫描仪上的测试准确率 {held:.1%} -> {accuracy:.1%}，没有用任何标签"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 06g: a frozen batch-norm layer, and training with batch norm held in eval mode
+
+EPS = 1e-3  # large enough that forgetting it shows
+
+
+def _construct(cls, name: str, *args, **kw) -> nn.Module:
+    call_args = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kw.items())])
+    layer = run(lambda: cls(*args, **kw), name=name, what=f"{cls.__name__}({call_args})")
+    if not isinstance(layer, nn.Module):
+        raise CheckFailed(say(en=f"{name}: the layer should be a torch.nn.Module, got {type(layer).__name__}",
+                              zh=f"{name}：这个层应该是 torch.nn.Module，得到的是 {type(layer).__name__}"))
+    return layer
+
+
+def _output(value, name: str, like: torch.Tensor, mode: str) -> torch.Tensor:
+    if value is None:
+        raise CheckFailed(say(en=f"{name}: the output after .{mode}() is None; did you forget `return`?",
+                              zh=f"{name}：.{mode}() 之后的输出是 None；是不是忘了 `return`？"))
+    t = torch.as_tensor(value).detach().double().cpu()
+    if t.shape != like.shape:
+        raise CheckFailed(say(en=f"{name}: the output after .{mode}() should have shape "
+                                 f"{tuple(like.shape)}, got {tuple(t.shape)}",
+                              zh=f"{name}：.{mode}() 之后的输出形状应为 {tuple(like.shape)}，"
+                                 f"得到的是 {tuple(t.shape)}"))
+    return t
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-6, atol=1e-8))
+
+
+def frozen_batch_norm(cls) -> None:
+    """Check a layer class ``cls(num_features, eps=1e-5)`` that applies fixed statistics and fixed
+    scale and shift, whatever its mode, with buffers named as ``torch.nn.BatchNorm2d``'s."""
+    name = "frozen_batch_norm"
+    if not isinstance(cls, type):
+        raise CheckFailed(say(en=f"{name}: expected a class (an nn.Module subclass), got {cls!r}",
+                              zh=f"{name}：应传入一个类（nn.Module 的子类），得到的是 {cls!r}"))
+    layer = _construct(cls, name, 3)
+    if list(layer.parameters()):
+        names = [k for k, _ in layer.named_parameters()]
+        raise CheckFailed(say(
+            en=f"{name}: the layer has parameters {names}; a frozen layer keeps weight and bias as "
+               f"buffers (register_buffer), so no optimizer can change them",
+            zh=f"{name}：这个层有参数 {names}；冻结层把 weight 和 bias 存为缓冲区（register_buffer），"
+               f"这样任何优化器都改不了它们"))
+    buffers = dict(layer.named_buffers())
+    missing = [k for k in ("weight", "bias", "running_mean", "running_var") if k not in buffers]
+    if missing:
+        raise CheckFailed(say(
+            en=f"{name}: no buffer {missing}; keep weight, bias, running_mean and running_var as "
+               f"buffers with BatchNorm2d's names, so its state_dict loads",
+            zh=f"{name}：缺少缓冲区 {missing}；请用 BatchNorm2d 的名字保存 weight、bias、running_mean "
+               f"和 running_var 这几个缓冲区，这样才能载入它的 state_dict"))
+    g = generator(0)
+    source = nn.BatchNorm2d(3, eps=EPS).double()
+    with torch.no_grad():
+        source.weight.copy_(torch.rand(3, generator=g, dtype=torch.float64) + 0.5)
+        source.bias.copy_(torch.randn(3, generator=g, dtype=torch.float64))
+        source.running_mean.copy_(torch.randn(3, generator=g, dtype=torch.float64))
+        source.running_var.copy_(torch.tensor([1e-4, 0.5, 4.0], dtype=torch.float64))
+    layer = _construct(cls, name, 3, eps=EPS).double()
+    state = {k: v for k, v in source.state_dict().items() if k != "num_batches_tracked"}
+    try:
+        layer.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckFailed(say(
+            en=f"{name}: loading BatchNorm2d's weight, bias, running_mean and running_var failed: {e}",
+            zh=f"{name}：载入 BatchNorm2d 的 weight、bias、running_mean 和 running_var 失败：{e}")) from e
+    x = channel_data((4, 3, 2, 2), 1, offset=3)
+    source.eval()
+    expected = source(x).detach()
+    for mode in ("train", "eval"):
+        getattr(layer, mode)()
+        before = {k: v.clone() for k, v in layer.state_dict().items()}
+        where = say(en=f"the forward pass after .{mode}()", zh=f".{mode}() 之后的前向传播")
+        got = _output(run(layer, x.clone(), name=name, what=where), name, expected, mode)
+        if any(not torch.equal(v, before[k]) for k, v in layer.state_dict().items()):
+            raise CheckFailed(say(
+                en=f"{name}: a forward pass after .{mode}() changed the buffers; a frozen layer never "
+                   f"updates them",
+                zh=f"{name}：.{mode}() 之后的一次前向传播改变了缓冲区；冻结层从不更新它们"))
+        if _close(got, expected):
+            continue
+        view = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
+        w, b, rm, rv = (view(before[k]) for k in ("weight", "bias", "running_mean", "running_var"))
+        mistakes = [
+            (nn.functional.batch_norm(x, None, None, before["weight"], before["bias"], True, 0.0, EPS),
+             "it normalizes with the batch's statistics; a frozen layer uses running_mean and "
+             "running_var, in training as in eval mode",
+             "它用的是批的统计量；冻结层在训练模式和评估模式下都用 running_mean 和 running_var"),
+            (w * (x - rm) / rv.sqrt() + b, "eps is missing: divide by sqrt(running_var + eps)",
+             "漏了 eps：应除以 sqrt(running_var + eps)"),
+            ((x - rm) / (rv + EPS).sqrt(), "weight and bias are not applied", "没有乘 weight、加 bias"),
+        ]
+        for wrong, en, zh in mistakes:
+            if _close(got, wrong):
+                raise CheckFailed(say(en=f"{name}: the output after .{mode}() is wrong: {en}",
+                                      zh=f"{name}：.{mode}() 之后的输出不对：{zh}"))
+        raise CheckFailed(say(
+            en=f"{name}: the output after .{mode}() is wrong; out = weight * (x - running_mean) / "
+               f"sqrt(running_var + eps) + bias, per channel (dim 1)",
+            zh=f"{name}：.{mode}() 之后的输出不对；应逐通道（第 1 维）计算 out = weight * (x - running_mean) "
+               f"/ sqrt(running_var + eps) + bias"))
+    passed(name, say(en="eval-mode output in both modes, never updated",
+                     zh="两种模式下都输出评估模式的结果，且从不更新"))
+
+
+def train_with_frozen_bn(fn: Callable) -> None:
+    """Check ``fn(model)``: put ``model`` in training mode except for its batch-norm layers, which
+    stay in eval mode (running statistics used, never updated), at any depth of nesting."""
+    from ... import nn as bnn
+
+    name = "train_with_frozen_bn"
+    torch.manual_seed(shifted(0))
+    model = nn.Sequential(
+        nn.Linear(4, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.5),
+        nn.Sequential(nn.Linear(6, 6, bias=False), bnn.BatchNorm1d(6), nn.ReLU()),
+        nn.Linear(6, 2),
+    )
+    model.eval()
+    out = run(fn, model, name=name, what=say(en="the function", zh="这个函数"))
+    if out is not None and out is not model:
+        raise CheckFailed(say(en=f"{name}: change the model in place (return nothing, or the same model)",
+                              zh=f"{name}：请就地修改模型（什么都不返回，或返回同一个模型）"))
+    norms = bn_layers(model)
+    others = [m for m in model.modules() if m not in norms]
+    if not model[3].training:
+        raise CheckFailed(say(
+            en=f"{name}: the dropout layer is in eval mode, so it is off; only the batch-norm layers "
+               f"should be in eval mode: call model.train() first",
+            zh=f"{name}：dropout 层处于评估模式，等于关掉了；只有批标准化层应处于评估模式："
+               f"请先调用 model.train()"))
+    frozen_grads = [p for m in norms for p in m.parameters() if not p.requires_grad]
+    if all(m.training for m in norms):
+        raise CheckFailed(say(
+            en=f"{name}: the batch-norm layers are in training mode, so their running statistics keep "
+               f"moving; call .eval() on each of them."
+               + (" Turning off requires_grad freezes gamma and beta, not the statistics."
+                  if frozen_grads else ""),
+            zh=f"{name}：批标准化层处于训练模式，它们的滑动平均统计量会一直变；请对每一层调用 .eval()。"
+               + ("关掉 requires_grad 冻结的是 gamma 和 beta，而不是统计量。" if frozen_grads else "")))
+    if any(m.training for m in norms):
+        raise CheckFailed(say(
+            en=f"{name}: the batch-norm layer nested inside a Sequential is still in training mode; "
+               f"find them all with model.modules(), not model.children()",
+            zh=f"{name}：嵌套在 Sequential 里的批标准化层仍处于训练模式；请用 model.modules() 而不是 "
+               f"model.children() 找出所有批标准化层"))
+    if not all(m.training for m in others):
+        raise CheckFailed(say(en=f"{name}: some layers other than batch norm are in eval mode",
+                              zh=f"{name}：除批标准化外，还有别的层处于评估模式"))
+    before = [m.running_mean.clone() for m in norms]
+    model(torch.randn(8, 4))
+    if not all(torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True)):
+        raise CheckFailed(say(en=f"{name}: a forward pass still moved the running statistics",
+                              zh=f"{name}：一次前向传播仍然改变了滑动平均统计量"))
+    passed(name, say(en="dropout on, every batch-norm layer held",
+                     zh="dropout 开着，每个批标准化层都被固定住"))
