@@ -6,8 +6,12 @@
 - Sphinx 7.4 writes an inline script twice when an extension adds it after the builder starts
   (once named ``None``, once ``''``); sphinx-thebe's ``const THEBE_JS_URL`` declared twice is an
   error in every page's console. The copies are made equal here, so Sphinx writes each once.
+- The answer of an exercise graded by hand is a markdown cell between nbgrader's markers, ``### BEGIN
+  SOLUTION`` and ``### END SOLUTION``: markdown headings, which inside a gated solution break
+  sphinx-exercise. The book drops those two lines from markdown cells (code cells keep theirs).
 """
 
+import json
 import shutil
 from pathlib import Path
 
@@ -52,8 +56,29 @@ def write_inline_scripts_once(app, env) -> None:
                       for s in scripts]
 
 
+ANSWER_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+
+
+def drop_answer_markers(app, docname, source) -> None:
+    if not str(app.env.doc2path(docname)).endswith(".ipynb") or "### BEGIN SOLUTION" not in source[0]:
+        return
+    nb = json.loads(source[0])
+    changed = False
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "markdown":
+            continue
+        text = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        lines = text.splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() not in ANSWER_MARKERS]
+        if len(kept) < len(lines):
+            cell["source"], changed = "".join(kept), True
+    if changed:
+        source[0] = json.dumps(nb)
+
+
 def setup(app):
     app.connect("config-inited", use_local_mathjax)
+    app.connect("source-read", drop_answer_markers)
     app.connect("env-updated", write_inline_scripts_once)
     app.connect("build-finished", copy_mathjax)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
