@@ -245,7 +245,7 @@ def fixed_adapt(fn: Callable) -> None:
                f"images are only a few batches: pass them several times, or set every layer's "
                f"momentum to None for a plain average (of the batches since its last "
                f"reset_running_stats(): the source's count too, unless you reset it)",
-            zh=f"{name}：滑动平均统计量只向新扫描仪的统计量移动了一部分（第 {layer} 层的滑动方差与这些"
+            zh=f"{name}：滑动平均统计量只向新扫描仪的统计量移动了一部分（第 {layer} 层的滑动平均方差与这些"
                f"图像自身的方差平均相差 {worst:.0%}；测试准确率 {accuracy:.1%}，用精确统计量时为 "
                f"{best:.1%}）。动量为 0.1 时每个批只把它们推动十分之一，而 {len(images)} 张图像只有"
                f"几个批：请多遍历几次，或把每层的 momentum 设为 None，取简单平均（平均的是上次 "
