@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import bncourse as bn
-from bncourse.lab import residual, weight_decay
+from bncourse.lab import weight_decay
 from bncourse.teach.check import CheckFailed
 
 # ---- batch_norm_function --------------------------------------------------------------------
@@ -288,63 +288,13 @@ def test_layer_norm_backward_names_the_mistake(kw, message):
         bn.check.layer_norm_backward(lambda dout, x, gamma, eps: ln_backward(dout, x, gamma, eps, **kw))
 
 
-# ---- variance_shift ---------------------------------------------------------------------------
-
-
-def test_variance_shift():
-    bn.check.variance_shift(lambda m, v, p: v / ((v + m * m) / (1 - p) - m * m))
-    cases = [
-        (lambda m, v, p: 1 - p, "ignores the mean"),
-        (lambda m, v, p: ((v + m * m) / (1 - p) - m * m) / v, "upside down"),
-        (lambda m, v, p: v / ((v + m * m) / p - m * m) if p else 1.0, "DROPPING"),
-        (lambda m, v, p: v / ((v + m * m) / (1 - p)), "mean\\^2 is"),
-    ]
-    for fn, message in cases:
-        with pytest.raises(CheckFailed, match=message):
-            bn.check.variance_shift(fn)
-
-
-# ---- frozen_batch_norm -----------------------------------------------------------------------
-
-
-def make_frozen(mistake=None):
-    class Frozen(nn.Module):
-        def __init__(self, num_features, eps=1e-5):
-            super().__init__()
-            self.eps = eps
-            if mistake == "parameters":
-                self.weight = nn.Parameter(torch.ones(num_features))
-            else:
-                self.register_buffer("weight", torch.ones(num_features))
-            for key, value in (("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-                self.register_buffer(key, torch.full((num_features,), value))
-
-        def forward(self, x):
-            if mistake == "batch stats" and self.training:
-                return nn.functional.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-            eps = 0.0 if mistake == "no eps" else self.eps
-            scale = self.weight / torch.sqrt(self.running_var + eps)
-            shift = self.bias - self.running_mean * scale
-            return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
-
-    return Frozen
-
-
-def test_frozen_batch_norm(capsys):
-    bn.check.frozen_batch_norm(make_frozen())
-    assert "✔ frozen_batch_norm: correct" in capsys.readouterr().out
-    for mistake, message in (("parameters", "has parameters"), ("batch stats", "batch's statistics"),
-                             ("no eps", "eps is missing")):
-        with pytest.raises(CheckFailed, match=message):
-            bn.check.frozen_batch_norm(make_frozen(mistake))
 
 
 def test_not_attempted_is_reported():
     def todo(*args):
         raise NotImplementedError
 
-    for check in (bn.check.bn_backward_spatial, bn.check.layer_norm_backward,
-                  bn.check.variance_shift):
+    for check in (bn.check.bn_backward_spatial, bn.check.layer_norm_backward):
         with pytest.raises(CheckFailed, match="not attempted"):
             check(todo)
 
@@ -386,7 +336,7 @@ def test_relu_threshold():
             bn.check.relu_threshold(fn)
 
 
-# ---- weight_angle and linear_variance_shift ---------------------------------------------------
+# ---- weight_angle -----------------------------------------------------------------------------
 
 
 def test_weight_angle():
@@ -404,77 +354,3 @@ def test_weight_angle():
     with pytest.raises(CheckFailed, match="degrees"):
         bn.check.weight_angle(lambda a, b: naive(a, b, torch.float64, degrees=True))
     bn.check.weight_angle(lambda a, b: naive(a, b, torch.float64))
-
-
-def test_linear_variance_shift():
-    def right(w, mean, cov, p, diag=False, means=True):
-        test = (w**2 * torch.diagonal(cov)).sum() if diag else w @ cov @ w
-        second = torch.diagonal(cov) + (mean**2 if means else 0)
-        return (test / (test + p / (1 - p) * (w**2 * second).sum())).item()
-
-    bn.check.linear_variance_shift(right)
-    with pytest.raises(CheckFailed, match="covariances"):
-        bn.check.linear_variance_shift(lambda *a: right(*a, diag=True))
-    with pytest.raises(CheckFailed, match="ignores the means"):
-        bn.check.linear_variance_shift(lambda *a: right(*a, means=False))
-
-
-# ---- zero_init_residual, warmup_lr, train_with_frozen_bn --------------------------------------
-
-
-def test_zero_init_residual():
-    bn.check.zero_init_residual(residual.zero_init_residual)
-
-    def zero_first(model):
-        for block in model:
-            if isinstance(block, residual.ResidualBlock):
-                nn.init.zeros_(block.branch[1].weight)
-
-    def zero_linear(model):
-        for block in model:
-            if isinstance(block, residual.ResidualBlock):
-                nn.init.zeros_(block.branch[3].weight)
-
-    for fn, message in ((zero_first, "FIRST batch norm"), (zero_linear, "last Linear"),
-                        (lambda model: None, "did not change")):
-        with pytest.raises(CheckFailed, match=message):
-            bn.check.zero_init_residual(fn)
-
-
-def test_warmup_lr():
-    def right(step, base, warm, start):
-        return start + (base - start) * min(step, warm) / warm
-
-    bn.check.warmup_lr(right)
-    cases = [
-        (lambda s, b, w, st: st + (b - st) * s / w, "keeps growing"),
-        (lambda s, b, w, st: b * min(s, w) / w, "start_lr"),
-        (lambda s, b, w, st: st + (b - st) * min(s, w + 1) / (w + 1), "off by one"),
-    ]
-    for fn, message in cases:
-        with pytest.raises(CheckFailed, match=message):
-            bn.check.warmup_lr(fn)
-
-
-def test_train_with_frozen_bn():
-    def right(model):
-        model.train()
-        for m in bn.inference.bn_layers(model):
-            m.eval()
-
-    def children_only(model):
-        model.train()
-        for m in model.children():
-            if isinstance(m, nn.BatchNorm1d | bn.nn.BatchNorm1d):
-                m.eval()
-
-    def grads_off(model):
-        model.train()
-        for m in bn.inference.bn_layers(model):
-            m.requires_grad_(False)
-
-    bn.check.train_with_frozen_bn(right)
-    for fn, message in ((children_only, "nested"), (grads_off, "requires_grad"),
-                        (lambda model: model.eval(), "dropout")):
-        with pytest.raises(CheckFailed, match=message):
-            bn.check.train_with_frozen_bn(fn)

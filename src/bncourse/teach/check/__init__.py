@@ -15,3 +15,4 @@ from .practice import *  # noqa: F403
 from .problem import *  # noqa: F403
 from .scaling import *  # noqa: F403
 from .shift import *  # noqa: F403
+from .training import *  # noqa: F403

@@ -7,6 +7,7 @@ import math
 import numbers
 import os
 import sys
+import textwrap
 import types
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -70,11 +71,14 @@ def say(en: str, zh: str) -> str:
 
 
 def passed(name: str, detail: str = "") -> None:
-    """Print the one-line pass message of check ``name``."""
+    """Print the pass message of check ``name``, wrapped to the book's 88 columns."""
     if language() == "zh":
-        print(f"✔ {name}：正确" + (f"（{detail}）" if detail else ""))
-    else:
-        print(f"✔ {name}: correct" + (f" ({detail})" if detail else ""))
+        text = f"✔ {name}：正确" + (f"（{detail}）" if detail else "")
+        print(textwrap.fill(text, width=60, subsequent_indent="  ", break_on_hyphens=False))
+        return  # Chinese has no spaces to break at: up to 60 characters a line, about 100 columns
+    text = f"✔ {name}: correct" + (f" ({detail})" if detail else "")
+    print(textwrap.fill(text, width=88, subsequent_indent="  ", break_long_words=False,
+                        break_on_hyphens=False))
 
 
 def call(fn: Callable, *args, name: str):
