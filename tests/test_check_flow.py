@@ -240,7 +240,7 @@ def test_pass_messages_fit_the_page(monkeypatch, capsys, lang):
     bn.check.identity_gap(bn.check.flow.identity_gap_exact)
     bn.check.hand_written_layer(layer())
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) > 3 and all(bn.check.flow._columns(line) <= 88 for line in lines)
+    assert len(lines) > 3 and all(bn.check.core.columns(line) <= 88 for line in lines)
 
 
 def test_messages_speak_chinese(monkeypatch):

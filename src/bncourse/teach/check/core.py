@@ -6,8 +6,8 @@ import importlib
 import math
 import numbers
 import os
+import re
 import sys
-import textwrap
 import types
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -33,7 +33,6 @@ KERNELS = (*TORCH_BATCH_NORM, "bncourse.kernels", "bncourse.functional", "bncour
 AUTOGRAD = ("torch.autograd.grad", "torch.autograd.backward")
 SAMPLING = ("torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "random")  # a formula
 WRITE_YOUR_OWN = {
-    "mse_gradient": AUTOGRAD,
     "largest_stable_lr": ("bncourse.lab.landscape",),
     "standardize": ("bncourse.lab.scaling",),
     "identity_gap": SAMPLING,
@@ -43,11 +42,8 @@ WRITE_YOUR_OWN = {
     "bias_shift": KERNELS,
     "bn_backward": KERNELS + AUTOGRAD,
     "numeric_gradient": ("bncourse.lab.testing",),
-    "running_update": KERNELS,
-    "eval_batch_norm": TORCH_BATCH_NORM + ("bncourse", "torch.nn.functional"),
     "group_norm": KERNELS + ("torch.nn.functional.group_norm", "torch.group_norm",
                              "torch.nn.modules.normalization"),
-    "fold_linear_bn": ("bncourse.fold",),
     "batch_norm_function": KERNELS,
     "my_batch_norm": KERNELS,
     "bn_backward_spatial": KERNELS + AUTOGRAD,
@@ -70,15 +66,39 @@ def say(en: str, zh: str) -> str:
     return zh if language() == "zh" else en
 
 
+_WIDE = "\u3000-\u9fff\uff00-\uffef"  # CJK characters and full-width punctuation: two columns each
+_CHUNK = re.compile(f"[{_WIDE}]|[^\\s{_WIDE}]+|\\s+")
+
+
+def columns(text: str) -> int:
+    """The columns ``text`` takes in a monospaced block: a Chinese character takes two."""
+    return sum(2 if re.match(f"[{_WIDE}]", c) else 1 for c in text)
+
+
+def fill(text: str, width: int = 88, indent: str = "  ") -> str:
+    """``text`` wrapped to ``width`` columns, breaking at spaces and between Chinese characters;
+    its own line breaks are kept."""
+    out = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for chunk in _CHUNK.findall(paragraph):
+            chunk = " " if chunk.isspace() else chunk
+            if columns(line + chunk.rstrip()) > width and line.strip():
+                out.append(line.rstrip())
+                line = indent
+                if chunk == " ":
+                    continue
+            line += chunk
+        out.append(line.rstrip())
+    return "\n".join(out)
+
+
 def passed(name: str, detail: str = "") -> None:
     """Print the pass message of check ``name``, wrapped to the book's 88 columns."""
-    if language() == "zh":
-        text = f"✔ {name}：正确" + (f"（{detail}）" if detail else "")
-        print(textwrap.fill(text, width=60, subsequent_indent="  ", break_on_hyphens=False))
-        return  # Chinese has no spaces to break at: up to 60 characters a line, about 100 columns
-    text = f"✔ {name}: correct" + (f" ({detail})" if detail else "")
-    print(textwrap.fill(text, width=88, subsequent_indent="  ", break_long_words=False,
-                        break_on_hyphens=False))
+    text = say(en=f"✔ {name}: correct", zh=f"✔ {name}：正确")
+    if detail:
+        text += say(en=f" ({detail})", zh=f"（{detail}）")
+    print(fill(text))
 
 
 def call(fn: Callable, *args, name: str):

@@ -7,7 +7,6 @@ recognises, in the learner's language (:func:`.core.say`).
 """
 
 import math
-import re
 from collections.abc import Callable
 
 import torch
@@ -26,33 +25,6 @@ EPS = 1e-3  # large enough that forgetting it, or adding it in the wrong place, 
 
 def _reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
     return (0, *range(2, x.dim()))
-
-
-_WIDE = "\u3000-\u9fff\uff00-\uffef"  # CJK characters and full-width punctuation: two columns each
-_CHUNK = re.compile(f"[{_WIDE}]|[^\\s{_WIDE}]+|\\s+")
-
-
-def _columns(text: str) -> int:
-    return sum(2 if re.match(f"[{_WIDE}]", c) else 1 for c in text)
-
-
-def _passed(name: str, detail: str, width: int = 86) -> None:
-    """``passed``, with the detail wrapped so that no printed line is wider than the page's code column
-    (88 columns; a Chinese character takes two): breaks at spaces and between Chinese characters."""
-    lines, line = [], "✔ " + name + say(en=": correct (", zh="：正确（")
-    head = len(line)
-    for chunk in _CHUNK.findall(detail):
-        if chunk.isspace():
-            chunk = " "
-        if _columns(line + chunk.rstrip()) > width and line.strip():
-            lines.append(line.rstrip())
-            line = "  "
-            if chunk == " ":
-                continue
-        line += chunk
-    lines.append(line.rstrip())
-    lines[0] = lines[0][head:]
-    passed(name, "\n".join(lines))
 
 
 def _channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +156,7 @@ def bn_forward(fn: Callable) -> None:
             ]
         what = (f"the output for an input of shape {shape}", f"形状为 {shape} 的输入的输出")
         _compare(name, what, got, ref, mistakes, FORWARD_HINT)
-    _passed(name, say(en="2D and 4D inputs, eps respected", zh="二维和四维输入，eps 处理正确"))
+    passed(name, say(en="2D and 4D inputs, eps respected", zh="二维和四维输入，eps 处理正确"))
 
 
 def _mean_batch_std(m: int) -> float:
@@ -251,7 +223,7 @@ def identity_gap(fn: Callable) -> None:
                "from the batch standard deviation",
             zh=f"m = {m} 时你推导出 {values[0]:.4f}；精确值 {exact[0]:.4f}，在 20,000 个批上测得 "
                f"{identity_gap_measured(m):.4f}。约为 3/(2m)：1/m 来自批均值，1/(2m) 来自批标准差")
-        _passed(name, detail)
+        passed(name, detail)
         return
     mistakes = [
         ("it is zero, but in training mode the layer normalizes each batch with that batch's own mean "
@@ -315,7 +287,7 @@ def gradient_kept(fn: Callable) -> None:
     exact = (m - 2) / m
     if torch.allclose(got, exact, rtol=KEPT_RTOL, atol=1e-9):
         k = KEPT_SIZES[1]
-        _passed(name, say(
+        passed(name, say(
             en=f"for m = {k} you derived {values[1]:.4f}; measured with the backward pass on 4,000 batches "
                f"{gradient_kept_measured(k):.4f}. Of the m directions of the gradient, two are removed, "
                "the constant one and the one along x_hat: (m - 2) / m is kept",
@@ -388,7 +360,7 @@ def bias_shift(fn: Callable) -> None:
              "符号反了：输入加上 b 会使输出增大", -ref),
         ], ("in eval mode, out = gamma * (x - running_mean) / sqrt(running_var + eps) + beta",
             "评估模式下，out = gamma * (x - running_mean) / sqrt(running_var + eps) + beta"))
-    _passed(name, say(en="0 in training, gamma * b / sqrt(running_var + eps) in eval",
+    passed(name, say(en="0 in training, gamma * b / sqrt(running_var + eps) in eval",
                      zh="训练模式下为 0，评估模式下为 gamma * b / sqrt(running_var + eps)"))
 
 
@@ -514,7 +486,7 @@ def hand_written_layer(cls) -> None:
              gamma * _normalize(test, (0,), eps) + beta),
         ], ("in eval mode, gamma * (x - running_mean) / sqrt(running_var + eps) + beta",
             "评估模式下，gamma * (x - running_mean) / sqrt(running_var + eps) + beta"))
-    _passed(name, say(en="as torch.nn.BatchNorm1d: the biased variance to normalize, the unbiased one in "
+    passed(name, say(en="as torch.nn.BatchNorm1d: the biased variance to normalize, the unbiased one in "
                         "the running buffer",
                      zh="与 torch.nn.BatchNorm1d 一致：用有偏方差做标准化，滑动平均缓冲区里保存无偏方差"))
 
@@ -598,7 +570,7 @@ def bn_backward(fn: Callable) -> None:
             ("it is a mean over the batch: the loss sums over it, so dbeta is a sum",
              "它是对批求的均值：损失对批求和，所以 dbeta 是求和", dout.mean(0)),
         ], ("dbeta = sum over the batch of dout", "dbeta = 对批求和 dout"))
-    _passed(name, say(en="dx through mu and sigma^2, dgamma and dbeta",
+    passed(name, say(en="dx through mu and sigma^2, dgamma and dbeta",
                      zh="dx 包含经过 mu 和 sigma^2 的路径，dgamma 和 dbeta 也正确"))
 
 
@@ -685,5 +657,5 @@ def numeric_gradient(fn: Callable) -> None:
     name = "numeric_gradient"
     for seed, (shape, h) in enumerate([((6, 3), 0.1), ((3, 2, 2, 2), 0.1), ((5, 4), 1e-5)]):
         _gradient_case(fn, name, shape, h, seed)
-    _passed(name, say(en="central differences, one entry at a time, x restored",
+    passed(name, say(en="central differences, one entry at a time, x restored",
                      zh="中心差分，逐个元素扰动，x 已恢复"))
