@@ -296,6 +296,8 @@ def test_predictions_pass_any_honest_guess_and_explain_the_gap(predict, measured
     for guess in (low_guess, measured, high_guess):
         predict(guess, measured)
     out = capsys.readouterr().out
+    assert all(len(line) <= 88 for line in out.splitlines())  # wrapped to the page's column
+    out = out.replace("\n  ", " ")
     assert out.count("correct") == 3 and "spot on" in out and "below the run" in out
     for stub, message in ((None, "expected your prediction as a number"),
                           (float("nan"), "expected your prediction as a number"),
@@ -309,4 +311,6 @@ def test_predictions_explain_in_chinese(monkeypatch, capsys):
     check.predict_largest_lr(1.0, 3.0)
     check.predict_speedup(3.0, 8.0)
     out = capsys.readouterr().out
+    assert all(len(line) <= 44 for line in out.splitlines())
+    out = out.replace("\n  ", "")
     assert "有效学习率" in out and "饱和区" in out
