@@ -402,7 +402,7 @@ def decay_norm_params(fn, seeds=(11, 12)) -> None:
                 zh=f"{name}：隐藏 Linear 层的权重保留了初始范数的 {kept:.0%}：权重衰减已不再作用于它们。"
                    f"问题在于衰减作用在哪些参数上，而不是它的强度：Linear 权重上保持 weight_decay=WD，"
                    f"只把 gamma 和 beta 排除在外{where}"))
-        if acc < 0.6:
+        if acc < 0.5:  # chance is 0.1; fixed runs end at 0.6-0.97 (18 seeds, three offsets)
             raise CheckFailed(say(
                 en=f"{name}: test accuracy {acc:.1%} after the fix, in eval mode: the gammas are fine, "
                    f"but the network still does not learn; compare your script with the buggy one "
