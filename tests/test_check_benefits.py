@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+import bncourse as bn
 from bncourse.functional import batch_norm
-from bncourse.lab.benefits import NoisyBatchNorm1d, batch_noise
+from bncourse.lab.benefits import batch_noise, scaled_digits
 from bncourse.teach import check
 from bncourse.teach.check import CheckFailed
 from bncourse.teach.check.benefits import exact_jitter
@@ -65,116 +66,14 @@ def test_grad_at_scaled_weight_catches_an_in_place_change():
         check.grad_at_scaled_weight(scales_w_in_place)
 
 
-# --------------------------------------------------------------------------- largest_trainable_lr
-def largest_reference(lrs, acc, threshold):
-    ok = [lr for lr, row in zip(lrs, acc, strict=True) if bool((row >= threshold).all())]
-    return max(ok) if ok else None
-
-
-def by_mean(lrs, acc, threshold):
-    ok = [lr for lr, row in zip(lrs, acc, strict=True) if row.nanmean() >= threshold]
-    return max(ok) if ok else None
-
-
-def by_any(lrs, acc, threshold):
-    ok = [lr for lr, row in zip(lrs, acc, strict=True) if bool((row >= threshold).any())]
-    return max(ok) if ok else None
-
-
-def strict(lrs, acc, threshold):
-    ok = [lr for lr, row in zip(lrs, acc, strict=True) if bool((row > threshold).all())]
-    return max(ok) if ok else None
-
-
-def smallest(lrs, acc, threshold):
-    ok = [lr for lr, row in zip(lrs, acc, strict=True) if bool((row >= threshold).all())]
-    return min(ok) if ok else None
-
-
-def last_listed(lrs, acc, threshold):
-    ok = [lr for lr, row in zip(lrs, acc, strict=True) if bool((row >= threshold).all())]
-    return ok[-1] if ok else None
-
-
-def index_of(lrs, acc, threshold):
-    ok = [i for i, row in enumerate(acc) if bool((row >= threshold).all())]
-    return max(ok, key=lambda i: lrs[i]) if ok else None
-
-
-def never_none(lrs, acc, threshold):
-    return largest_reference(lrs, acc, threshold) or 0.0
-
-
-def test_largest_trainable_lr_accepts_the_reference(capsys):
-    check.largest_trainable_lr(largest_reference)
-    assert "✔ largest_trainable_lr: correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("wrong, message", [
-    (by_mean, "averaged over the seeds"),
-    (by_any, "not just one of them"),
-    (strict, "compare with >="),
-    (smallest, "smallest rate"),
-    (last_listed, "not sorted"),
-    (index_of, "index of the rate"),
-    (never_none, "return None"),
-    (lambda lrs, acc, t: "0.1", "a float"),
-    (lambda lrs, acc, t: 123.0, "expected"),
-])
-def test_largest_trainable_lr_names_the_mistake(wrong, message):
-    with pytest.raises(CheckFailed, match=message):
-        check.largest_trainable_lr(wrong)
-
-
-@pytest.mark.parametrize("name", ["grad_at_scaled_weight", "largest_trainable_lr", "steps_fraction",
-                                  "gradient_change", "batch_jitter", "noisy_batch_norm"])
+@pytest.mark.parametrize("name", ["grad_at_scaled_weight", "scaled_gradient", "gradient_change",
+                                  "batch_jitter", "decay_norm_params"])
 def test_unattempted_exercises_say_so(name):
     def todo(*args):
         raise NotImplementedError
 
     with pytest.raises(CheckFailed, match="not attempted"):
         getattr(check, name)(todo)
-
-
-# ---------------------------------------------------------------------------------- steps_fraction
-def fraction_reference(eval_step, plain_acc, bn_acc):
-    target = plain_acc[-1]
-    for step, acc in zip(eval_step, bn_acc, strict=True):
-        if acc >= target:
-            return step / eval_step[-1]
-    return None
-
-
-def fraction_variant(eval_step, plain_acc, bn_acc, *, target=None, strict=False, indices=False,
-                     saved=False, raw=False, never=0.0):
-    target = plain_acc[-1] if target is None else target(plain_acc)
-    for i, (step, acc) in enumerate(zip(eval_step, bn_acc, strict=True)):
-        if (acc > target) if strict else (acc >= target):
-            if raw:
-                return step
-            value = i / (len(eval_step) - 1) if indices else step / eval_step[-1]
-            return 1 - value if saved else value
-    return never
-
-
-def test_steps_fraction_accepts_the_reference(capsys):
-    check.steps_fraction(fraction_reference)
-    assert "✔ steps_fraction: correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("wrong, message", [
-    (lambda s, p, n: fraction_variant(s, p, n, target=lambda a: max(a), never=None), "not its best"),
-    (lambda s, p, n: fraction_variant(s, p, n, strict=True, never=None), "compare with >="),
-    (lambda s, p, n: fraction_variant(s, p, n, indices=True, never=None), "evaluation indices"),
-    (lambda s, p, n: fraction_variant(s, p, n, saved=True, never=None), "steps saved"),
-    (lambda s, p, n: fraction_variant(s, p, n, raw=True, never=None), "number of steps"),
-    (lambda s, p, n: fraction_variant(s, p, n, never=1.0), "return None"),
-    (lambda s, p, n: fraction_reference(s, n, p), "returned None, but"),
-    (lambda s, p, n: "0.5", "a fraction"),
-])
-def test_steps_fraction_names_the_mistake(wrong, message):
-    with pytest.raises(CheckFailed, match=message):
-        check.steps_fraction(wrong)
 
 
 # --------------------------------------------------------------------------------- gradient_change
@@ -294,67 +193,124 @@ def test_batch_jitter_catches_bad_returns():
             check.batch_jitter(wrong)
 
 
-# -------------------------------------------------------------------------------- noisy_batch_norm
-def uniform(x, low, high, size=None, generator=None):
-    size = (x.shape[1],) if size is None else size
-    return low + (high - low) * torch.rand(size, generator=generator, dtype=x.dtype)
+# ------------------------------------------------------------------- scaled_gradient (derive)
+def scaled_right(grad_at_w, k, eps):
+    return grad_at_w(eps / k**2) / k
 
 
-def noisy(x, shift, top, *, scale=None, offset=None, before=False, dim=0, unbiased=False):
-    """``s * BN(x) + m``, right or with a typical mistake: ``scale(x, top)`` and ``offset(x, shift)``
-    draw the noise in place of the right ``U(1, top)`` and ``U(-shift, shift)`` per unit."""
-    s = uniform(x, 1, top) if scale is None else scale(x, top)
-    m = uniform(x, -shift, shift) if offset is None else offset(x, shift)
-    if before:
-        x = s * x + m
-    out = (x - x.mean(dim, keepdim=True)) / torch.sqrt(x.var(dim, unbiased=unbiased, keepdim=True) + 1e-5)
-    return out if before else s * out + m
+def test_scaled_gradient_accepts_the_exact_rule(capsys):
+    check.scaled_gradient(scaled_right)
+    assert "✔ scaled_gradient: correct" in capsys.readouterr().out
 
 
-def seeded():
-    return torch.Generator().manual_seed(0)
-
-
-@pytest.mark.parametrize("right", [
-    noisy,
-    lambda x, shift, top: NoisyBatchNorm1d(x.shape[1], shift, top)(x),
-    lambda x, shift, top: NoisyBatchNorm1d(x.shape[1], shift, top)(x.float()),
+@pytest.mark.parametrize("wrong, message", [
+    (lambda g, k, eps: g(eps) / k, "the rule without epsilon"),
+    (lambda g, k, eps: g(eps / k**2), "factor 1/k of the chain rule is missing"),
+    (lambda g, k, eps: k * g(eps / k**2), "multiplied by k"),
+    (lambda g, k, eps: g(eps * k**2) / k, "not eps \\* k\\^2"),
+    (lambda g, k, eps: g(eps / k) / k, "eps / k should be eps / k\\^2"),
+    (lambda g, k, eps: g(1e-5 / k**2) / k, "wrong gradient"),  # eps hard-coded
+    (lambda g, k, eps: g(-eps), "a number >= 0"),
+    (lambda g, k, eps: g(eps)[:1], "expected a result of shape"),
 ])
-def test_noisy_batch_norm_accepts_right_answers(right, capsys):
-    check.noisy_batch_norm(right)
-    assert "✔ noisy_batch_norm: correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("kw, message", [
-    ({"before": True}, "no noise left"),
-    ({"scale": lambda x, top: torch.ones(x.shape[1], dtype=x.dtype), "offset": lambda x, s: 0.0},
-     "no noise left"),
-    ({"scale": lambda x, top: uniform(x, 1, top, generator=seeded())}, "same scale at every call"),
-    ({"offset": lambda x, s: uniform(x, -s, s, generator=seeded())}, "same shift at every call"),
-    ({"scale": lambda x, top: uniform(x, 1, top, size=(1,))}, "every unit gets the same scale"),
-    ({"offset": lambda x, s: uniform(x, -s, s, size=(1,))}, "every unit gets the same shift"),
-    ({"scale": lambda x, top: uniform(x, 1, top, size=x.shape)}, "not one scale times"),
-    ({"dim": 1}, "not one scale times"),
-    ({"unbiased": True}, "unbiased variance"),
-    ({"scale": lambda x, top: uniform(x, 0, top)}, "scales from"),
-    ({"scale": lambda x, top: uniform(x, 1, 2 * top)}, "scales from"),
-    ({"offset": lambda x, s: uniform(x, 0, s)}, "every shift is >= 0"),
-    ({"offset": lambda x, s: s * torch.randn(x.shape[1], dtype=x.dtype)}, "outside"),
-    ({"scale": lambda x, top: 1 + (top - 1) * uniform(x, 0, 1) ** 2}, "scales are not uniform"),
-    ({"offset": lambda x, s: s * (2 * uniform(x, 0, 1) ** 3 - 1)}, "shifts are not uniform"),
-])
-def test_noisy_batch_norm_names_the_mistake(kw, message):
+def test_scaled_gradient_names_the_mistake(wrong, message):
     with pytest.raises(CheckFailed, match=message):
-        check.noisy_batch_norm(lambda x, shift, top: noisy(x, shift, top, **kw))
+        check.scaled_gradient(wrong)
 
 
-def test_noisy_batch_norm_catches_bad_returns():
-    def normalizes_in_place(x, shift, top):
-        x -= x.mean(0)
-        return noisy(x, shift, top)
+def test_scaled_gradient_speaks_chinese(monkeypatch):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed, match="漏掉了链式法则的因子 1/k"):
+        check.scaled_gradient(lambda g, k, eps: g(eps / k**2))
 
-    for wrong, message in ((normalizes_in_place, "in place"),
-                           (lambda x, shift, top: None, "returned None"),
-                           (lambda x, shift, top: noisy(x, shift, top).T, "expected a result of shape")):
+
+# ------------------------------------------------------------------ decay_norm_params (diagnose)
+DIGITS = scaled_digits()
+WD = 0.3
+
+
+def trainer(groups, steps=200, lr=0.1):
+    """The page's script with the optimizer's parameter groups given by ``groups(model)``."""
+    def train(seed):
+        bn.seed_everything(seed)
+        model = bn.models.mlp([64, 100, 100, 10], activation="relu", norm="bn")
+        opt = torch.optim.SGD(groups(model), lr=lr)
+        g = bn.generator(seed)
+        for _ in range(steps):
+            i = torch.randint(len(DIGITS.x_train), (60,), generator=g)
+            loss = torch.nn.functional.cross_entropy(model(DIGITS.x_train[i]), DIGITS.y_train[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model
+    return train
+
+
+def linear_weights_only(model):
+    decay = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    rest = [p for p in model.parameters() if all(p is not q for q in decay)]
+    return [{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}]
+
+
+def test_decay_norm_params_accepts_the_fix(capsys):
+    check.decay_norm_params(trainer(linear_weights_only), seeds=(11,))
+    assert "✔ decay_norm_params: correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("groups, message", [
+    (lambda m: [{"params": m.parameters(), "weight_decay": WD}], "gamma shrank"),  # the bug itself
+    (lambda m: [{"params": m.parameters(), "weight_decay": 0.0}], "no longer acts on them"),
+    (lambda m: [{"params": m.parameters(), "weight_decay": 0.01}], "not its strength"),
+])
+def test_decay_norm_params_names_the_mistake(groups, message):
+    with pytest.raises(CheckFailed, match=message):
+        check.decay_norm_params(trainer(groups), seeds=(11,))
+
+
+def test_decay_norm_params_wants_the_model_back():
+    with pytest.raises(CheckFailed, match="return the trained model"):
+        check.decay_norm_params(lambda seed: None, seeds=(11,))
+    with pytest.raises(CheckFailed, match="no batch-norm layer"):
+        check.decay_norm_params(lambda seed: bn.models.mlp([64, 100, 10], activation="relu"),
+                                seeds=(11,))
+
+
+def test_the_other_checks_speak_chinese(monkeypatch):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed, match="这是范数的平方"):
+        check.gradient_change(lambda loss, theta, eta: change_reference(loss, theta, eta) ** 2)
+    with pytest.raises(CheckFailed, match="请返回它的标准差"):
+        check.batch_jitter(lambda h, i, b, d: jitter(h, i, b, d) ** 2)
+    with pytest.raises(CheckFailed, match="没有批标准化层"):
+        check.decay_norm_params(lambda seed: bn.models.mlp([64, 100, 10], activation="relu"),
+                                seeds=(11,))
+
+
+# ---------------------------------------------------------------------------------- predictions
+@pytest.mark.parametrize("predict, measured, low_guess, high_guess", [
+    (check.predict_largest_lr, 3.0, 0.03, 10.0),
+    (check.predict_speedup, 8.0, 0.1, 100.0),
+])
+def test_predictions_pass_any_honest_guess_and_explain_the_gap(predict, measured, low_guess,
+                                                               high_guess, capsys):
+    for guess in (low_guess, measured, high_guess):
+        predict(guess, measured)
+    out = capsys.readouterr().out
+    assert all(len(line) <= 88 for line in out.splitlines())  # wrapped to the page's column
+    out = out.replace("\n  ", " ")
+    assert out.count("correct") == 3 and "spot on" in out and "below the run" in out
+    for stub, message in ((None, "expected your prediction as a number"),
+                          (float("nan"), "expected your prediction as a number"),
+                          (high_guess * 20, "outside")):
         with pytest.raises(CheckFailed, match=message):
-            check.noisy_batch_norm(wrong)
+            predict(stub, measured)
+
+
+def test_predictions_explain_in_chinese(monkeypatch, capsys):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    check.predict_largest_lr(1.0, 3.0)
+    check.predict_speedup(3.0, 8.0)
+    out = capsys.readouterr().out
+    assert all(len(line) <= 44 for line in out.splitlines())
+    out = out.replace("\n  ", "")
+    assert "有效学习率" in out and "饱和区" in out

@@ -65,3 +65,16 @@ def test_gradient_ics_says_when_not_attempted():
 
     with pytest.raises(CheckFailed, match="not attempted"):
         check.gradient_ics(todo)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda w, x, y, i, lr: solution(w, x, y, i, lr, sign=1.0), "往上坡走了"),
+    (lambda w, x, y, i, lr: solution(w, x, y, i, lr)[::-1], "颠倒了"),
+    (lambda w, x, y, i, lr: solution(w, x, y, i, lr)[0], "应返回一对数"),
+])
+def test_gradient_ics_speaks_chinese(wrong, message, monkeypatch, capsys):
+    monkeypatch.setenv("BNCOURSE_LANG", "zh")
+    with pytest.raises(CheckFailed, match=message):
+        check.gradient_ics(wrong)
+    check.gradient_ics(solution)
+    assert "✔ gradient_ics：正确" in capsys.readouterr().out

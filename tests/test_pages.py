@@ -34,3 +34,15 @@ def test_the_counter_sees_what_it_should():
             "measured; $\\eta = 0.25$ is; {glue:text}`a.ipynb::x:.1%` and `0.7` are not.")
     found = pages._numbers(text)
     assert len(found) == 5, found
+
+
+def test_a_gated_solution_counts_as_folded(tmp_path):
+    cells = [":::{exercise} Why?\n:label: x\n\nOne two three.\n:::",
+             ":::{solution-start} x\n:class: dropdown\n:::",
+             "**Your answer.**\n\n### BEGIN SOLUTION\nfour five six seven\n### END SOLUTION",
+             ":::{solution-end}\n:::", "eight nine"]
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": c} for c in cells]}
+    path = tmp_path / "page.ipynb"
+    path.write_text(__import__("json").dumps(nb))
+    s = pages.stats(path)
+    assert s.folded_words >= 4 and s.main_words <= 7, s

@@ -73,7 +73,11 @@ def stats(path: Path) -> PageStats:
     """Words in the main flow and in dropdowns, and typed numbers, of one page."""
     page = PageStats(Path(path))
     stack: list[tuple[str, bool]] = []  # open fences: (fence, folded)
+    solution = False  # inside a gated solution (a dropdown in the book), an investigate answer
     for index, source in _cells(page.path):
+        if "{solution-end}" in source:
+            solution = False
+            continue
         source = DISPLAY_MATH.sub(" ", source)
         in_code = None
         for line in source.splitlines():
@@ -107,13 +111,15 @@ def stats(path: Path) -> PageStats:
                     line = option.group("value")
                 else:
                     continue
-            folded = bool(stack) and stack[-1][1]
+            folded = (bool(stack) and stack[-1][1]) or solution
             words = len(_prose(line).split())
             if folded:
                 page.folded_words += words
             else:
                 page.main_words += words
             page.typed += [(index, n) for n in _numbers(line)]
+        if "{solution-start}" in source and "dropdown" in source:
+            solution = True
     return page
 
 

@@ -1,23 +1,43 @@
-"""Exercise checks of Chapter 5, the benefits: weight-scale invariance, reading training runs, the
-noise of batch statistics, noisy batch norm, and gradient predictiveness."""
+"""Exercise checks of Chapter 5, the benefits: weight-scale invariance (the gradient at a scaled
+weight, with and without epsilon), weight decay on batch norm's own parameters, the noise of batch
+statistics, noisy batch norm, and gradient predictiveness. Every message comes in English and in
+Chinese (:func:`~bncourse.teach.check.core.say`)."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
+import textwrap
+from contextlib import redirect_stdout
 from numbers import Real
 
 import torch
+from torch import nn
 
-from ...functional import batch_norm
-from ...lab.benefits import Sweep, bn_linear_grad
+from ...lab.benefits import bn_linear_grad, scaled_digits
 from ...lab.device import generator
-from .core import CheckFailed, as_tensor, call, passed
+from .core import CheckFailed, as_tensor, call, language, passed, prediction, run, say
 
-__all__ = ["batch_jitter", "gradient_change", "grad_at_scaled_weight", "largest_trainable_lr",
-           "noisy_batch_norm", "steps_fraction"]
+__all__ = ["batch_jitter", "decay_norm_params", "gradient_change", "grad_at_scaled_weight",
+           "predict_largest_lr", "predict_speedup", "scaled_gradient"]
 
 EPS = 1e-5
+
+
+def _wrapped(report, *args, **kwargs) -> None:
+    """Run ``report`` (``passed`` or ``prediction``) with its printed line wrapped to the page's
+    column: 88 characters, 44 in Chinese (whose characters are twice as wide)."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        report(*args, **kwargs)
+    width = 44 if language() == "zh" else 88
+    for line in out.getvalue().rstrip("\n").split("\n"):
+        print(textwrap.fill(line, width=width, subsequent_indent="  "))
+
+
+def _passed(name: str, detail: str = "") -> None:
+    _wrapped(passed, name, detail)
 
 
 def _variant_grad(x, v, dout, *, unbiased=False, detach_stats=False, eps=EPS) -> torch.Tensor:
@@ -49,158 +69,128 @@ def grad_at_scaled_weight(fn) -> None:
         ref = bn_linear_grad(x, k * w, dout, EPS)[1]
         got = as_tensor(call(fn, *args, name=name), name, ref)
         if not torch.equal(args[1], w):
-            raise CheckFailed(f"{name}: the function changed w in place; leave it as it was")
+            raise CheckFailed(say(en=f"{name}: the function changed w in place; leave it as it was",
+                                  zh=f"{name}：函数原地修改了 w；请保持它不变"))
         if _close(got, ref):
             continue
         at_w = bn_linear_grad(x, w, dout, EPS)[1]
-        where = f"(k = {k}, x of shape {tuple(x.shape)})"
+        where = say(en=f"(k = {k}, x of shape {tuple(x.shape)})",
+                    zh=f"（k = {k}，x 的形状为 {tuple(x.shape)}）")
         mistakes = [
-            (k * ref, "this is k times the right gradient: the gradient with respect to W of "
-                      "L(kW) (the chain rule multiplies by k). The task asks for the gradient "
-                      "with respect to the scaled weight V itself, at V = kW"),
-            (at_w, "this is the gradient at W, not at V = kW: evaluate it with the scaled weight"),
-            (k * at_w, "this is k times the gradient at W; the gradient at kW is 1/k of it"),
+            (k * ref, say(en="this is k times the right gradient: the gradient with respect to W of "
+                             "L(kW) (the chain rule multiplies by k). The task asks for the gradient "
+                             "with respect to the scaled weight V itself, at V = kW",
+                          zh="这是正确梯度的 k 倍：它是 L(kW) 对 W 的梯度（链式法则乘上了 k）。"
+                             "题目要的是对缩放后的权重 V 本身、在 V = kW 处的梯度")),
+            (at_w, say(en="this is the gradient at W, not at V = kW: evaluate it with the scaled weight",
+                       zh="这是在 W 处的梯度，不是在 V = kW 处的：请用缩放后的权重计算")),
+            (k * at_w, say(en="this is k times the gradient at W; the gradient at kW is 1/k of it",
+                           zh="这是在 W 处梯度的 k 倍；在 kW 处的梯度是它的 1/k")),
             (_variant_grad(x, k * w, dout, eps=0.0),
-             f"eps is missing: normalize with sqrt(var + {EPS}), as batch norm does"),
+             say(en=f"eps is missing: normalize with sqrt(var + {EPS}), as batch norm does",
+                 zh=f"漏掉了 eps：请像批标准化那样用 sqrt(var + {EPS}) 标准化")),
             (_variant_grad(x, k * w, dout, unbiased=True),
-             "you normalized with the unbiased variance (n - 1); batch norm uses the biased one"),
+             say(en="you normalized with the unbiased variance (n - 1); batch norm uses the biased one",
+                 zh="你用了无偏方差（除以 n - 1）标准化；批标准化用的是有偏方差")),
             (_variant_grad(x, k * w, dout, detach_stats=True),
-             "the gradient ignores that the batch mean and variance depend on V: let autograd "
-             "differentiate through them (do not detach them)"),
+             say(en="the gradient ignores that the batch mean and variance depend on V: let autograd "
+                    "differentiate through them (do not detach them)",
+                 zh="这个梯度忽略了批均值和批方差依赖于 V：让自动微分穿过它们求导（不要 detach）")),
         ]
         for wrong, hint in mistakes:
             if _close(got, wrong):
                 raise CheckFailed(f"{name}: {hint} {where}")
         err = ((got - ref).norm() / ref.norm()).item()
-        raise CheckFailed(f"{name}: wrong gradient {where}: relative error {err:.2g}")
-    passed(name, "4 random layers, k from 0.001 to 20")
+        raise CheckFailed(say(en=f"{name}: wrong gradient {where}: relative error {err:.2g}",
+                              zh=f"{name}：梯度不对{where}：相对误差 {err:.2g}"))
+    _passed(name, say(en="4 random layers, k from 0.001 to 20", zh="4 个随机层，k 从 0.001 到 20"))
 
 
-def _number(got, name: str, kind: str, allow_none: bool = False):
-    """The learner's scalar result as a Python number (``None`` kept if allowed), or a failure."""
+def scaled_gradient(fn) -> None:
+    """Check ``fn(grad_at_w, k, eps)``, a *derive* exercise: the gradient of
+    ``f(V) = sum(dout * BN_eps(x V^T))`` at ``V = kW``, from calls of ``grad_at_w(e)`` (the gradient
+    of the same loss at the unscaled W, computed with epsilon ``e``) only. The exact rule is
+    ``grad_at_w(eps / k**2) / k``: ``BN_eps(kz) = BN_{eps/k^2}(z)``."""
+    name = "scaled_gradient"
+    # (examples, inputs, units, k, eps, seed); the units' variances span 1e-4 to 10, so that at
+    # small k (and at k = 3 for the smallest units) eps matters
+    cases = [(40, 6, 5, 1e-3, EPS, 0), (32, 5, 4, 10.0, EPS, 1), (50, 8, 6, 0.03, 1e-3, 2),
+             (64, 4, 4, 3.0, 1e-2, 3)]
+    for n, d_in, d_out, k, eps, seed in cases:
+        gen = generator(seed)
+        x = torch.randn(n, d_in, generator=gen, dtype=torch.float64) + 1
+        scales = torch.logspace(-2, 0.5, d_out, dtype=torch.float64)
+        w = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64) * scales[:, None] / d_in**0.5
+        dout = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
+        asked: list[float] = []
+
+        def grad_at_w(e, x=x, w=w, dout=dout, asked=asked):
+            if isinstance(e, torch.Tensor) and e.numel() == 1:
+                e = e.item()
+            if isinstance(e, bool) or not isinstance(e, Real) or not e >= 0:
+                raise CheckFailed(say(en=f"{name}: grad_at_w takes one epsilon, a number >= 0; got {e!r}",
+                                      zh=f"{name}：grad_at_w 接受一个 epsilon，即一个 >= 0 的数；得到 {e!r}"))
+            asked.append(float(e))
+            return bn_linear_grad(x, w, dout, float(e))[1]
+
+        ref = bn_linear_grad(x, k * w, dout, eps)[1]
+        got = as_tensor(run(fn, grad_at_w, k, eps, name=name, what=f"k = {k}, eps = {eps}"), name, ref)
+        if _close(got, ref):
+            continue
+        where = say(en=f"(k = {k}, eps = {eps})", zh=f"（k = {k}，eps = {eps}）")
+        g = {e: bn_linear_grad(x, w, dout, e)[1] for e in (eps, eps / k**2, eps * k**2, eps / k)}
+        mistakes = [
+            (g[eps] / k, say(
+                en="that is the rule without epsilon, grad f(kW) = grad f(W) / k: it is exact only when "
+                   "eps = 0, and here k^2 var is not much larger than eps. Write BN(kz) with eps and "
+                   "ask which epsilon the unscaled layer would need to give the same output",
+                zh="这是不带 epsilon 的规则 grad f(kW) = grad f(W) / k：它只在 eps = 0 时精确，而这里 "
+                   "k^2 var 并不远大于 eps。把带 eps 的 BN(kz) 写出来，想一想未缩放的层要用哪个 epsilon "
+                   "才能给出同样的输出")),
+            (g[eps / k**2], say(
+                en="the epsilon is right, but the factor 1/k of the chain rule is missing: f(kV) as a "
+                   "function of V has gradient k grad f(kV)",
+                zh="epsilon 对了，但漏掉了链式法则的因子 1/k：f(kV) 作为 V 的函数，其梯度是 k grad f(kV)")),
+            (k * g[eps / k**2], say(
+                en="multiplied by k: the gradient at kW is 1/k of the gradient at W (with the right "
+                   "epsilon), not k times it",
+                zh="乘了 k：在 kW 处的梯度是在 W 处梯度（用对的 epsilon）的 1/k，不是 k 倍")),
+            (g[eps * k**2] / k, say(
+                en="the unscaled layer's epsilon is eps / k^2, not eps * k^2: divide the numerator and "
+                   "the square root of (kz - k mu) / sqrt(k^2 var + eps) by k",
+                zh="未缩放的层的 epsilon 是 eps / k^2，不是 eps * k^2：把 (kz - k mu) / sqrt(k^2 var + eps) "
+                   "的分子和根号同除以 k")),
+            (g[eps / k] / k, say(
+                en="eps / k should be eps / k^2: the variance scales with k^2, not k",
+                zh="eps / k 应为 eps / k^2：方差按 k^2 缩放，而不是按 k")),
+        ]
+        for wrong, hint in mistakes:
+            if _close(got, wrong):
+                raise CheckFailed(f"{name}: {hint} {where}")
+        err = ((got - ref).norm() / ref.norm()).item()
+        raise CheckFailed(say(en=f"{name}: wrong gradient {where}: relative error {err:.2g}",
+                              zh=f"{name}：梯度不对{where}：相对误差 {err:.2g}"))
+    _passed(name, say(en="4 random layers, k from 0.001 to 10, eps from 1e-5 to 1e-2: exact",
+                     zh="4 个随机层，k 从 0.001 到 10，eps 从 1e-5 到 1e-2：精确"))
+
+
+ONE_NUMBER = {"en": "one number (a float)", "zh": "一个数（float）"}
+
+
+def _number(got, name: str, kind: dict[str, str] = ONE_NUMBER, allow_none: bool = False):
+    """The learner's scalar result as a Python number (``None`` kept if allowed), or a failure;
+    ``kind`` says what to return, in both languages."""
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     if got is None:
         if allow_none:
             return None
-        raise CheckFailed(f"{name}: the function returned None; did you forget `return`?")
+        raise CheckFailed(say(en=f"{name}: the function returned None; did you forget `return`?",
+                              zh=f"{name}：函数返回了 None；是不是忘了 `return`？"))
     if isinstance(got, bool) or not isinstance(got, Real):
-        raise CheckFailed(f"{name}: return {kind}, got {type(got).__name__}")
+        raise CheckFailed(say(en=f"{name}: return {kind['en']}, got {type(got).__name__}",
+                              zh=f"{name}：应返回{kind['zh']}，得到的是 {type(got).__name__}"))
     return got
-
-
-def _matches_optional(got, ref, name: str, why_none: str) -> bool:
-    """True when ``got`` is the reference (``None`` included); a failure when only None is right."""
-    if ref is None:
-        if got is not None:
-            raise CheckFailed(f"{name}: {why_none}, so return None; got {got!r}")
-        return True
-    return got is not None and math.isclose(got, ref)
-
-
-def _sweep(lrs: list[float], acc: list[list[float]]) -> Sweep:
-    t = torch.tensor(acc, dtype=torch.float64)
-    return Sweep(lrs, list(range(t.shape[1])), t, torch.zeros_like(t),
-                 torch.zeros(t.shape, dtype=torch.bool))
-
-
-def largest_trainable_lr(fn) -> None:
-    """Check ``fn(lrs, acc, threshold)``: the largest rate at which every seed reaches ``threshold``."""
-    name = "largest_trainable_lr"
-    nan = math.nan
-    cases = [  # (lrs, accuracies per lr and seed, threshold)
-        ([0.01, 0.1, 1.0, 10.0], [[0.5, 0.6, 0.55], [0.93, 0.95, 0.94], [0.96, 0.4, 0.97],
-                                  [0.1, 0.1, 0.1]], 0.9),
-        ([3.0, 0.3, 30.0, 1.0], [[0.95, 0.96], [0.92, 0.91], [0.1, nan], [0.97, 0.9]], 0.9),
-        ([0.1, 0.2, 0.4], [[0.99, 0.98], [0.97, 0.99], [0.96, 0.95]], 0.95),
-        ([0.1, 1.0], [[0.3, 0.2], [nan, 0.1]], 0.9),
-        ([0.05, 0.5, 5.0], [[0.8, 0.8, 0.8], [0.9, 0.91, 0.93], [0.95, 0.2, 0.99]], 0.8),
-        ([0.1, 1.0, 3.0], [[0.9, 0.92], [0.95, 0.88], [0.5, 0.4]], 0.9),
-    ]
-    for lrs, acc, threshold in cases:
-        sweep = _sweep(lrs, acc)
-        ref = sweep.largest_trainable(threshold)
-        got = _number(call(fn, list(lrs), torch.tensor(acc, dtype=torch.float64), threshold, name=name),
-                      name, "a learning rate (a float)", allow_none=True)
-        where = f"(lrs {lrs}, threshold {threshold})"
-        if _matches_optional(got, ref, name, f"no rate trains every seed here {where}"):
-            continue
-        t = torch.tensor(acc, dtype=torch.float64)
-        mean_ok = [lr for lr, a in zip(lrs, t.nanmean(1).tolist(), strict=True) if a >= threshold]
-        any_ok = [lr for lr, a in zip(lrs, (t >= threshold).any(1).tolist(), strict=True) if a]
-        strict = sweep.largest_trainable(threshold + 1e-9)
-        ordered = [lr for lr, ok in zip(lrs, sweep.trains(threshold).tolist(), strict=True) if ok]
-        if isinstance(got, int) and got == lrs.index(ref):
-            hint = "you returned the index of the rate; return the rate itself"
-        elif got == strict:
-            hint = "a run that reaches exactly the threshold counts: compare with >="
-        elif got is None:
-            hint = f"returned None, but {ref} trains every seed"
-        elif mean_ok and got == max(mean_ok):
-            hint = ("a rate trains only if every seed reaches the threshold; you seem to have "
-                    "averaged over the seeds, which lets a failing seed hide behind good ones")
-        elif any_ok and got == max(any_ok):
-            hint = "a rate trains only if every seed reaches the threshold, not just one of them"
-        elif got == min(ordered):
-            hint = "that is the smallest rate that trains; the task asks for the largest"
-        elif got == ordered[-1]:
-            hint = "the rates are not sorted: take the largest trainable one, not the last listed"
-        else:
-            hint = f"expected {ref}, got {got}"
-        raise CheckFailed(f"{name}: {hint} {where}")
-    passed(name, "6 sweeps: unsorted, with NaN, none trainable")
-
-
-def _first(acc: list[float], target: float, strict: bool = False) -> int | None:
-    return next((i for i, a in enumerate(acc) if (a > target if strict else a >= target)), None)
-
-
-def steps_fraction(fn) -> None:
-    """Check ``fn(eval_step, plain_acc, bn_acc)``: the fraction of the plain run's steps the BN run
-    needs to reach the plain run's final test accuracy (None if it never does)."""
-    name = "steps_fraction"
-    uniform = [0, 50, 100, 150, 200, 250, 300, 350, 400]
-    cases = [  # (evaluated steps, plain test accuracies, normed test accuracies)
-        (uniform, [0.1, 0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.93],
-         [0.1, 0.8, 0.9, 0.93, 0.95, 0.96, 0.97, 0.97, 0.98]),
-        ([0, 25, 50, 100, 150, 200, 300, 400, 500], [0.1, 0.6, 0.9, 0.95, 0.9, 0.88, 0.87, 0.86, 0.85],
-         [0.1, 0.5, 0.8, 0.84, 0.85, 0.9, 0.96, 0.97, 0.97]),
-        (uniform, [0.1, 0.2, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99],
-         [0.1, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95, 0.96, 0.97]),
-    ]
-    for i, (steps, plain_acc, normed_acc) in enumerate(cases):
-        first = _first(normed_acc, plain_acc[-1])
-        reached = None if first is None else steps[first]
-        ref = None if reached is None else reached / steps[-1]
-        # as lists, and once as rows of a Runs table (tensors)
-        args = ((list(steps), list(plain_acc), list(normed_acc)) if i != 1 else
-                (list(steps), torch.tensor(plain_acc, dtype=torch.float64),
-                 torch.tensor(normed_acc, dtype=torch.float64)))
-        got = _number(call(fn, *args, name=name), name, "a fraction (a float)", allow_none=True)
-        why = f"here the BN run never reaches the plain run's final accuracy {plain_acc[-1]}"
-        if _matches_optional(got, ref, name, why):
-            continue
-        i_max = _first(normed_acc, max(plain_acc))
-        i_strict = _first(normed_acc, plain_acc[-1], strict=True)
-        i_ref = steps.index(reached)
-        if got is None:
-            hint = f"returned None, but the BN run reaches {plain_acc[-1]} at step {reached}"
-        elif math.isclose(got, reached):
-            hint = "you returned the number of steps; divide by the plain run's last step"
-        elif math.isclose(got, i_ref / (len(steps) - 1)) or math.isclose(got, i_ref / len(steps)):
-            hint = ("you divided evaluation indices; use the steps themselves (eval_step), which "
-                    "need not be 1 apart")
-        elif i_max is not None and math.isclose(got, steps[i_max] / steps[-1]):
-            hint = ("the target is the plain run's final accuracy, plain_acc[-1], not its best "
-                    "one")
-        elif i_strict is not None and math.isclose(got, steps[i_strict] / steps[-1]):
-            hint = "reaching the target exactly counts: compare with >="
-        elif math.isclose(got, 1 - ref):
-            hint = "that is the fraction of steps saved; return the fraction needed"
-        else:
-            hint = f"expected {ref:.3g}, got {got!r}"
-        raise CheckFailed(f"{name}: {hint} (plain accuracies {plain_acc})")
-    passed(name, "3 pairs of runs, including one that never gets there")
 
 
 def _logistic_loss(seed: int, n: int = 40, d: int = 6):
@@ -230,29 +220,41 @@ def gradient_change(fn) -> None:
         g2 = _grad(loss, theta - eta * g)
         ref = (g2 - g).norm().item()
         theta_in = theta.clone()
-        got = _number(call(fn, loss, theta_in, eta, name=name), name, "one number (a float)")
+        got = _number(call(fn, loss, theta_in, eta, name=name), name)
         if not torch.equal(theta_in, theta):
-            raise CheckFailed(f"{name}: the function changed theta in place; leave it as it was")
+            raise CheckFailed(say(en=f"{name}: the function changed theta in place; leave it as it was",
+                                  zh=f"{name}：函数原地修改了 theta；请保持它不变"))
         if math.isclose(got, ref, rel_tol=1e-6):
             continue
         g_up = _grad(loss, theta + eta * g)
         mistakes = [
-            ((g_up - g).norm().item(), "you stepped along +g; a gradient step goes downhill, to "
-                                       "theta - eta * g"),
-            (ref / g.norm().item(), "that is the change relative to ||g||; return the change itself"),
-            (ref / (eta * g.norm().item()), "that is the change per unit distance (an effective "
-                                            "beta-smoothness); return the change itself"),
-            (g2.norm().item(), "that is the norm of the new gradient; return the norm of its "
-                               "difference from the old one"),
-            (ref**2, "that is the squared norm; take the square root"),
+            ((g_up - g).norm().item(),
+             say(en="you stepped along +g; a gradient step goes downhill, to theta - eta * g",
+                 zh="你沿 +g 走了一步；梯度下降的一步是下坡，走到 theta - eta * g")),
+            (ref / g.norm().item(),
+             say(en="that is the change relative to ||g||; return the change itself",
+                 zh="这是相对于 ||g|| 的变化；请返回变化本身")),
+            (ref / (eta * g.norm().item()),
+             say(en="that is the change per unit distance (an effective beta-smoothness); return the "
+                    "change itself",
+                 zh="这是每单位距离的变化（有效 beta 光滑性）；请返回变化本身")),
+            (g2.norm().item(),
+             say(en="that is the norm of the new gradient; return the norm of its difference from "
+                    "the old one",
+                 zh="这是新梯度的范数；请返回新梯度与旧梯度之差的范数")),
+            (ref**2, say(en="that is the squared norm; take the square root",
+                         zh="这是范数的平方；请开平方根")),
             (abs(loss(theta - eta * g).item() - loss(theta).item()),
-             "that is the change of the loss; the task asks for the change of the gradient"),
+             say(en="that is the change of the loss; the task asks for the change of the gradient",
+                 zh="这是损失的变化；题目要的是梯度的变化")),
         ]
         for wrong, hint in mistakes:
             if math.isclose(got, wrong, rel_tol=1e-6):
                 raise CheckFailed(f"{name}: {hint} (eta = {eta})")
-        raise CheckFailed(f"{name}: expected {ref:.6g}, got {got:.6g} (eta = {eta})")
-    passed(name, "3 smooth losses, step sizes 0.02 to 0.5")
+        raise CheckFailed(say(en=f"{name}: expected {ref:.6g}, got {got:.6g} (eta = {eta})",
+                              zh=f"{name}：应为 {ref:.6g}，得到 {got:.6g}（eta = {eta}）"))
+    _passed(name, say(en="3 smooth losses, step sizes 0.02 to 0.5",
+                     zh="3 个光滑的损失，步长 0.02 到 0.5"))
 
 
 def exact_jitter(h: torch.Tensor, index: int, batch_size: int, mistake: str | None = None) -> float:
@@ -277,14 +279,21 @@ def batch_jitter(fn) -> None:
     ``index``, of its batch-normalized value (a Monte Carlo estimate, compared with the exact one)."""
     name = "batch_jitter"
     cases = [(3, 12, 3), (3, 12, 4), (4, 12, 3), (10, 20, 3)]  # (seed, examples, batch size)
-    excluded = ("the example's own value must enter its batch's mean and variance: a batch is the "
-                "example plus batch_size - 1 others drawn from the rest")
+    excluded = say(en="the example's own value must enter its batch's mean and variance: a batch is "
+                      "the example plus batch_size - 1 others drawn from the rest",
+                   zh="样本自己的值必须参与它所在批的均值和方差：一个批由该样本加上从其余样本中抽出的 "
+                      "batch_size - 1 个组成")
     hints = {  # mistake: (message, largest |log(got / its value)| that still matches it)
-        "unbiased": ("you normalized with the unbiased variance (n - 1); batch norm uses the biased "
-                     "one", 0.1),
-        "one more": ("a batch of batch_size holds the example and batch_size - 1 others, not "
-                     "batch_size others", 0.1),
-        "variance": ("that is the variance of the normalized value; return its standard deviation", 0.12),
+        "unbiased": (say(en="you normalized with the unbiased variance (n - 1); batch norm uses the "
+                            "biased one",
+                         zh="你用了无偏方差（除以 n - 1）标准化；批标准化用的是有偏方差"), 0.1),
+        "one more": (say(en="a batch of batch_size holds the example and batch_size - 1 others, not "
+                            "batch_size others",
+                         zh="大小为 batch_size 的批包含该样本和另外 batch_size - 1 个样本，"
+                            "而不是另外 batch_size 个"), 0.1),
+        "variance": (say(en="that is the variance of the normalized value; return its standard "
+                            "deviation",
+                         zh="这是标准化后取值的方差；请返回它的标准差"), 0.12),
         # sampled, these are heavy-tailed: match them loosely
         "others only": (excluded, 0.3), "batch of others": (excluded, 0.3), "may miss it": (excluded, 0.3),
     }
@@ -295,27 +304,35 @@ def batch_jitter(fn) -> None:
         index = int(torch.randint(n, (1,), generator=gen))
         ref = exact_jitter(h, index, b)
         h_in = h.clone()
-        got = _number(call(fn, h_in, index, b, 8000, name=name), name, "one number (a float)")
+        got = _number(call(fn, h_in, index, b, 8000, name=name), name)
         if not torch.equal(h_in, h):
-            raise CheckFailed(f"{name}: the function changed h in place; leave it as it was")
-        where = f"(example {index} of {n}, batches of {b}, 8000 draws)"
+            raise CheckFailed(say(en=f"{name}: the function changed h in place; leave it as it was",
+                                  zh=f"{name}：函数原地修改了 h；请保持它不变"))
+        where = say(en=f"(example {index} of {n}, batches of {b}, 8000 draws)",
+                    zh=f"（{n} 个样本中的第 {index} 个，批大小 {b}，抽取 8000 次）")
         if not math.isfinite(got):
-            raise CheckFailed(f"{name}: got {got}, not a finite number (a batch's variance can be "
-                              f"tiny: normalize with sqrt(var + {EPS})) {where}")
+            raise CheckFailed(say(en=f"{name}: got {got}, not a finite number (a batch's variance can "
+                                     f"be tiny: normalize with sqrt(var + {EPS})) {where}",
+                                  zh=f"{name}：得到 {got}，不是有限的数（一个批的方差可能极小："
+                                     f"请用 sqrt(var + {EPS}) 标准化）{where}"))
         if got < 0.05 * ref:
-            raise CheckFailed(f"{name}: the normalized value barely varies ({got:.3g}): you seem to "
-                              f"normalize with the statistics of all N examples; use each batch's "
-                              f"own mean and variance {where}")
+            raise CheckFailed(say(en=f"{name}: the normalized value barely varies ({got:.3g}): you seem "
+                                     f"to normalize with the statistics of all N examples; use each "
+                                     f"batch's own mean and variance {where}",
+                                  zh=f"{name}：标准化后的值几乎不变（{got:.3g}）：你似乎用了全部 N 个样本"
+                                     f"的统计量标准化；请用每个批自己的均值和方差{where}"))
         if abs(math.log(got / ref)) < 0.08:  # Monte Carlo error of 8000 draws: about 1.2%
             continue
-        first_miss = first_miss or f"expected about {ref:.4g}, got {got:.4g} {where}"
+        first_miss = first_miss or say(en=f"expected about {ref:.4g}, got {got:.4g} {where}",
+                                       zh=f"应约为 {ref:.4g}，得到 {got:.4g}{where}")
         wrong = {m: exact_jitter(h, index, b, m) for m in hints if m != "variance"}
         wrong["variance"] = ref**2
         for m, v in wrong.items():  # a mistake matches if it is within its tolerance in every miss
             d = abs(math.log(got / v))
             distance[m] = max(distance[m], d / hints[m][1])
     if first_miss is None:
-        passed(name, "4 random units, batches of 3 and 4, all possible batches")
+        _passed(name, say(en="4 random units, batches of 3 and 4, all possible batches",
+                         zh="4 个随机单元，批大小 3 和 4，与所有可能的批比较"))
         return
     likely = min(distance, key=distance.get)
     if distance[likely] < 1:
@@ -323,67 +340,105 @@ def batch_jitter(fn) -> None:
     raise CheckFailed(f"{name}: {first_miss}")
 
 
-def _fit_noise(out: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Per unit, the least-squares ``out = a * x_hat + b``: ``(a, b, largest relative residual)``."""
-    a = (out * x_hat).mean(0) / (x_hat**2).mean(0)
-    b = out.mean(0)
-    residual = ((out - a * x_hat - b).abs().amax() / out.abs().amax()).item()
-    return a, b, residual
+def _norm_layers(model: nn.Module) -> list[nn.Module]:
+    """The batch-norm layers of ``model`` (ours and PyTorch's): modules with running statistics and
+    an affine weight."""
+    return [m for m in model.modules()
+            if getattr(m, "running_mean", None) is not None and getattr(m, "weight", None) is not None]
 
 
-def noisy_batch_norm(fn) -> None:
-    """Check ``fn(x, shift, max_scale)``: ``s * BN(x) + m`` with, per unit and new at every call,
-    ``m ~ U(-shift, shift)`` and ``s ~ U(1, max_scale)`` (the training-mode forward of
-    :class:`bncourse.lab.benefits.NoisyBatchNorm1d` at its initial gamma and beta)."""
-    name = "noisy_batch_norm"
-    batch, units = 16, 500
-    for seed, shift, top in ((0, 1.0, 2.0), (1, 2.0, 3.0), (2, 0.5, 1.5)):
-        gen = generator(seed)
-        x = torch.randn(batch, units, generator=gen, dtype=torch.float64) * 3 + 1
-        x_hat = batch_norm(x, None, None, training=True, eps=EPS)
-        where = f"(shift = {shift}, max_scale = {top})"
-        fits = []
-        for _ in range(2):
-            x_in = x.clone()
-            out = as_tensor(call(fn, x_in, shift, top, name=name), name, x).detach()
-            if not torch.equal(x_in, x):
-                raise CheckFailed(f"{name}: the function changed x in place; leave it as it was")
-            fits.append(_fit_noise(out, x_hat))
-        (a, b, residual), (a2, b2, _) = fits
-        if residual > 1e-6:
-            raise CheckFailed(
-                f"{name}: a unit's output is not one scale times its batch-normalized input plus one "
-                f"shift: normalize each unit (column) over the batch (dim 0), and draw one scale and "
-                f"one shift per unit, the same for every example of the batch {where}")
-        if (a - 1).abs().amax() < 1e-4 and b.abs().amax() < 1e-4:
-            raise CheckFailed(
-                f"{name}: the output is plain BN(x), with no noise left. If you added the noise before "
-                f"normalizing, batch norm removed it (it undoes any per-unit scale and shift): add it "
-                f"to the normalized output {where}")
-        for got, again, what in ((a, a2, "scale"), (b, b2, "shift")):
-            if torch.allclose(got, again, rtol=1e-9, atol=1e-12):
-                raise CheckFailed(f"{name}: each unit gets the same {what} at every call; draw new "
-                                  f"noise inside the function at each call (and do not reseed) {where}")
-            if got.std() < 1e-9:
-                raise CheckFailed(f"{name}: every unit gets the same {what}; draw one per unit "
-                                  f"(a vector of {units}) {where}")
-        a, b = torch.cat([a, a2]), torch.cat([b, b2])
-        unbiased = math.sqrt((batch - 1) / batch)
-        if a.min() < 1 - 1e-4 and (a / unbiased).min() > 1 - 1e-4:
-            raise CheckFailed(f"{name}: you normalized with the unbiased variance (n - 1); batch norm "
-                              f"uses the biased one {where}")
-        if a.min() < 1 - 1e-4 or a.max() > top * (1 + 1e-4):
-            raise CheckFailed(f"{name}: scales from {a.min():.3g} to {a.max():.3g}; draw them from "
-                              f"U(1, max_scale): 1 + (max_scale - 1) * u with u ~ U(0, 1) {where}")
-        if b.abs().max() > shift * (1 + 1e-4):
-            raise CheckFailed(f"{name}: shifts from {b.min():.3g} to {b.max():.3g}, outside "
-                              f"[-shift, shift]; draw them from U(-shift, shift) {where}")
-        if b.min() >= 0:
-            raise CheckFailed(f"{name}: every shift is >= 0; draw them from U(-shift, shift), not "
-                              f"U(0, shift), so that the mean moves both ways {where}")
-        u_a, u_b = (a - 1) / (top - 1), (b + shift) / (2 * shift)  # both should be U(0, 1)
-        for u, what in ((u_a, "scales"), (u_b, "shifts")):
-            if abs(u.mean() - 0.5) > 0.06 or abs(u.std() / math.sqrt(1 / 12) - 1) > 0.15:
-                raise CheckFailed(f"{name}: the {what} are not uniform over their range: over "
-                                  f"{len(u)} units their mean and spread are off {where}")
-    passed(name, "3 noise levels, 500 units: per-unit, fresh, uniform noise")
+def decay_norm_params(fn, seeds=(11, 12)) -> None:
+    """Check ``fn(seed) -> model``, a *diagnose* exercise: the training script of the page with strong
+    weight decay, fixed so that the decay acts on the Linear weights only, not on batch norm's gamma
+    and beta. Verified by behaviour, per seed: the trained model learns (test accuracy), its gammas
+    keep their size, and its hidden Linear weights did shrink under the decay."""
+    name = "decay_norm_params"
+    data = scaled_digits()
+    seen = []
+    for seed in seeds:
+        model = run(fn, seed, name=name, what=f"fixed_train({seed})")
+        if not isinstance(model, nn.Module):
+            raise CheckFailed(say(en=f"{name}: return the trained model (a torch.nn.Module), got "
+                                     f"{type(model).__name__}",
+                                  zh=f"{name}：请返回训练好的模型（torch.nn.Module），得到的是 "
+                                     f"{type(model).__name__}"))
+        norms = _norm_layers(model)
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not norms or len(linears) < 2:
+            raise CheckFailed(say(en=f"{name}: the model has no batch-norm layer left (or no hidden "
+                                     f"Linear layer): keep the network as it is and fix the optimizer",
+                                  zh=f"{name}：模型里已没有批标准化层（或没有隐藏的 Linear 层）："
+                                     f"网络保持原样，修正优化器"))
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model(data.x_test.to(device))
+            acc = (out.argmax(1) == data.y_test.to(device)).double().mean().item()
+        model.train(was_training)
+        gamma = torch.cat([m.weight.detach().abs().flatten() for m in norms]).mean().item()
+        # hidden Linear weights against PyTorch's default start, U(-1/sqrt(n), 1/sqrt(n)): its
+        # expected norm is sqrt(numel / (3 n))
+        kept = max((m.weight.detach().norm() / math.sqrt(m.weight.numel() / (3 * m.in_features))).item()
+                   for m in linears[:-1])
+        where = say(en=f"(seed {seed})", zh=f"（随机种子 {seed}）")
+        if gamma < 0.3:
+            raise CheckFailed(say(
+                en=f"{name}: the batch-norm layers' gamma shrank to {gamma:.3g} on average: the decay "
+                   f"still pulls gamma (and beta) towards 0. Batch norm makes a layer's output "
+                   f"independent of the scale of the Linear weights before it, not of gamma, which "
+                   f"sets that output's scale: take gamma and beta out of the decay (a parameter "
+                   f"group with weight_decay=0) {where}",
+                zh=f"{name}：批标准化层的 gamma 平均缩小到了 {gamma:.3g}：权重衰减仍在把 gamma（和 beta）"
+                   f"拉向 0。批标准化使一层的输出与它前面 Linear 权重的尺度无关，却与 gamma 有关："
+                   f"gamma 决定了输出的尺度。请把 gamma 和 beta 排除在衰减之外（放进 weight_decay=0 的"
+                   f"参数组）{where}"))
+        if kept > 0.5:
+            raise CheckFailed(say(
+                en=f"{name}: the hidden Linear weights kept {kept:.0%} of their initial norm: the weight "
+                   f"decay no longer acts on them. The bug is where the decay applies, not its "
+                   f"strength: keep weight_decay=WD on the Linear weights and take it off gamma and "
+                   f"beta only {where}",
+                zh=f"{name}：隐藏 Linear 层的权重保留了初始范数的 {kept:.0%}：权重衰减已不再作用于它们。"
+                   f"问题在于衰减作用在哪些参数上，而不是它的强度：Linear 权重上保持 weight_decay=WD，"
+                   f"只把 gamma 和 beta 排除在外{where}"))
+        if acc < 0.5:  # chance is 0.1; fixed runs end at 0.6-0.97 (18 seeds, three offsets)
+            raise CheckFailed(say(
+                en=f"{name}: test accuracy {acc:.1%} after the fix, in eval mode: the gammas are fine, "
+                   f"but the network still does not learn; compare your script with the buggy one "
+                   f"line by line {where}",
+                zh=f"{name}：修正后在评估模式下测试准确率为 {acc:.1%}：gamma 正常，但网络仍然没学好；"
+                   f"请逐行对比你的脚本和有问题的脚本{where}"))
+        seen.append((acc, gamma, kept))
+    accs = ", ".join(f"{a:.0%}" for a, _, _ in seen)
+    _passed(name, say(en=f"{len(seeds)} seeds: test accuracy {accs}, gamma about "
+                        f"{seen[0][1]:.2f}, hidden weights decayed to {seen[0][2]:.0%} of their start",
+                     zh=f"{len(seeds)} 个随机种子：测试准确率 {accs}，gamma 约为 {seen[0][1]:.2f}，"
+                        f"隐藏层权重衰减到初始的 {seen[0][2]:.0%}"))
+
+
+# --------------------------------------------------------------------------- predictions
+def predict_largest_lr(guess, measured: float) -> None:
+    """Check the *predict* exercise of the learning-rate sweep: ``guess``, committed before the sweep,
+    against the largest rate at which the batch-normalized network trained (``measured``)."""
+    _wrapped(prediction, "largest_lr_bn", guess, measured, low=0.03, high=10.0, fmt=".2g", explain=say(
+        en="The plain network's limit is 0.3. A batch-normalized hidden layer's output does not "
+           "depend on the scale of its weights, and a step, orthogonal to the weights, lengthens "
+           "them, which lowers their effective rate eta/||W||^2 for the steps after it: the section "
+           "after the sweep measures this. Batch norm has a limit too: at rate 10 no seed learns.",
+        zh="无批标准化网络的上限是 0.3。批标准化的隐藏层的输出与其权重的尺度无关，而与权重正交的一步"
+           "会把权重拉长，从而降低之后各步的有效学习率 eta/||W||^2：扫描之后的一节会测量这一点。"
+           "批标准化也有上限：学习率为 10 时，没有一个随机种子能学会。"))
+
+
+def predict_speedup(guess, measured: float) -> None:
+    """Check the *predict* exercise of Figure 1: ``guess``, committed before the runs, against how
+    many times sooner (mean over the seeds) the batch-normalized network reached 90% (``measured``)."""
+    _wrapped(prediction, "speedup_90", guess, measured, low=0.1, high=100.0, fmt=".2g", explain=say(
+        en="At rate 2 the plain network's first steps overshoot and switch its last hidden layer "
+           "off, and it climbs back out of saturation only slowly (the next section shows how); "
+           "with batch norm each unit's input is centred and scaled at every step, so it cannot "
+           "dive that way.",
+        zh="在学习率 2 下，无批标准化网络的最初几步会冲过头，把最后一个隐藏层关掉，之后它只能慢慢"
+           "走出饱和区（下一节说明其过程）；有批标准化时，每个单元的输入在每一步都被中心化和缩放，"
+           "不会这样坠入饱和区。"))

@@ -1,4 +1,5 @@
-"""Exercise checks of Chapter 5, part 3: internal covariate shift as Santurkar et al. define it."""
+"""Exercise checks of Chapter 5, part 3: internal covariate shift as Santurkar et al. define it. Every
+message comes in English and in Chinese (:func:`~bncourse.teach.check.core.say`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 import torch
 
 from ...lab.device import generator
-from .benefits import _number
-from .core import CheckFailed, call, passed
+from .benefits import _number, _passed
+from .core import CheckFailed, call, say
 
 __all__ = ["gradient_ics"]
 
@@ -36,8 +37,10 @@ def _variant(ws, x, y, i, lr, *, stepped=None, sign=-1.0, total=False) -> tuple[
 
 def _pair(got, name: str) -> tuple[float, float]:
     if not isinstance(got, tuple | list) or len(got) != 2:
-        raise CheckFailed(f"{name}: return a pair (l2, cos), got {type(got).__name__}")
-    return tuple(_number(v, name, "two numbers (floats)") for v in got)
+        raise CheckFailed(say(en=f"{name}: return a pair (l2, cos), got {type(got).__name__}",
+                              zh=f"{name}：应返回一对数 (l2, cos)，得到的是 {type(got).__name__}"))
+    kind = {"en": "two numbers (floats)", "zh": "两个数（float）"}
+    return tuple(_number(v, name, kind) for v in got)
 
 
 def gradient_ics(fn) -> None:
@@ -57,10 +60,11 @@ def gradient_ics(fn) -> None:
         originals = [w.clone() for w in ws]
         got = _pair(call(fn, ws, x.clone(), y.clone(), i, lr, name=name), name)
         if any(not torch.equal(w, o) for w, o in zip(ws, originals, strict=True)):
-            raise CheckFailed(f"{name}: the function changed the weights in place; leave them as "
-                              f"they were (step copies)")
+            raise CheckFailed(say(en=f"{name}: the function changed the weights in place; leave them "
+                                     f"as they were (step copies)",
+                                  zh=f"{name}：函数原地修改了权重；请保持它们不变（对副本走一步）"))
         ref = _variant(ws, x, y, i, lr)
-        where = f"(layer i = {i} of {k}, lr = {lr})"
+        where = say(en=f"(layer i = {i} of {k}, lr = {lr})", zh=f"（{k} 层中的第 i = {i} 层，lr = {lr}）")
 
         def close(a, b):
             return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
@@ -68,34 +72,50 @@ def gradient_ics(fn) -> None:
         if close(got[0], ref[0]) and close(got[1], ref[1]):
             continue
         if close(got[0], ref[1]) and close(got[1], ref[0]):
-            raise CheckFailed(f"{name}: return (l2, cos) in that order; you swapped them {where}")
+            raise CheckFailed(say(en=f"{name}: return (l2, cos) in that order; you swapped them {where}",
+                                  zh=f"{name}：请按 (l2, cos) 的顺序返回；你把它们颠倒了{where}"))
         if close(got[0], ref[0]):
             if close(got[1], math.acos(max(-1.0, min(1.0, ref[1])))):
-                hint = "that is the angle in radians; return its cosine"
+                hint = say(en="that is the angle in radians; return its cosine",
+                           zh="这是以弧度表示的角度；请返回它的余弦")
             else:
-                hint = (f"the l2 difference is right but the cosine is not (expected "
-                        f"{ref[1]:.6g}): (G * G').sum() / (||G|| ||G'||)")
+                hint = say(en=f"the l2 difference is right but the cosine is not (expected "
+                              f"{ref[1]:.6g}): (G * G').sum() / (||G|| ||G'||)",
+                           zh=f"l2 差是对的，但余弦不对（应为 {ref[1]:.6g}）："
+                              f"(G * G').sum() / (||G|| ||G'||)")
             raise CheckFailed(f"{name}: {hint} {where}")
         mistakes = [
             (_variant(ws, x, y, i, lr, stepped=range(i + 1)),
-             "you stepped W_i itself too: G' is the gradient at the layer's old weights, after "
-             "only the layers before it (0 to i - 1) took their step"),
+             say(en="you stepped W_i itself too: G' is the gradient at the layer's old weights, after "
+                    "only the layers before it (0 to i - 1) took their step",
+                 zh="你把 W_i 自己也更新了：G' 是该层旧权重处的梯度，只有它之前的层（0 到 i - 1）"
+                    "走了一步")),
             (_variant(ws, x, y, i, lr, stepped=range(k)),
-             "you stepped every layer: G' is taken after only the layers before W_i step"),
+             say(en="you stepped every layer: G' is taken after only the layers before W_i step",
+                 zh="你更新了所有层：G' 是在只有 W_i 之前的层走一步之后求的")),
             (_variant(ws, x, y, i, lr, stepped=range(i + 1, k)),
-             "you stepped the layers after W_i; Definition 2.1 steps the ones before it"),
+             say(en="you stepped the layers after W_i; Definition 2.1 steps the ones before it",
+                 zh="你更新的是 W_i 之后的层；定义 2.1 更新的是它之前的层")),
             (_variant(ws, x, y, i, lr, stepped=range(i - 1)),
-             "one layer too few took its step: every layer before W_i steps, indices 0 to i - 1"),
-            (_variant(ws, x, y, i, lr, sign=1.0), "you stepped uphill: an SGD step is w - lr * grad"),
+             say(en="one layer too few took its step: every layer before W_i steps, indices 0 to i - 1",
+                 zh="少更新了一层：W_i 之前的每一层都要走一步，下标 0 到 i - 1")),
+            (_variant(ws, x, y, i, lr, sign=1.0),
+             say(en="you stepped uphill: an SGD step is w - lr * grad",
+                 zh="你往上坡走了：随机梯度下降 (SGD) 的一步是 w - lr * grad")),
             (_variant(ws, x, y, i, lr, total=True),
-             "the loss is a mean over the n examples, ||f(x) - y||^2 / (2n); your gradients are "
-             "those of the sum"),
+             say(en="the loss is a mean over the n examples, ||f(x) - y||^2 / (2n); your gradients are "
+                    "those of the sum",
+                 zh="损失是对 n 个样本取平均，||f(x) - y||^2 / (2n)；你的梯度是求和形式的损失的梯度")),
         ]
         for (l2, cos), hint in mistakes:
             if close(got[0], l2) and close(got[1], cos):
                 raise CheckFailed(f"{name}: {hint} {where}")
         if close(got[0], ref[0] ** 2):
-            raise CheckFailed(f"{name}: the l2 difference is squared; take the square root {where}")
-        raise CheckFailed(f"{name}: expected (l2, cos) = ({ref[0]:.6g}, {ref[1]:.6g}), got "
-                          f"({got[0]:.6g}, {got[1]:.6g}) {where}")
-    passed(name, "4 deep linear networks of 3 to 5 layers, inner and last layers")
+            raise CheckFailed(say(en=f"{name}: the l2 difference is squared; take the square root {where}",
+                                  zh=f"{name}：l2 差被平方了；请开平方根{where}"))
+        raise CheckFailed(say(en=f"{name}: expected (l2, cos) = ({ref[0]:.6g}, {ref[1]:.6g}), got "
+                                 f"({got[0]:.6g}, {got[1]:.6g}) {where}",
+                              zh=f"{name}：(l2, cos) 应为 ({ref[0]:.6g}, {ref[1]:.6g})，得到 "
+                                 f"({got[0]:.6g}, {got[1]:.6g}){where}"))
+    _passed(name, say(en="4 deep linear networks of 3 to 5 layers, inner and last layers",
+                     zh="4 个 3 到 5 层的深度线性网络，中间层和最后一层"))
