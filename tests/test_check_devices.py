@@ -206,35 +206,6 @@ def test_merge_on_device_names_the_mistake(fn, message):
         bn.check.merge_on_device(fn)
 
 
-# --- group_size --------------------------------------------------------------------------------------
-
-
-def group_right(k, batch, enough):
-    per = batch // k
-    for g in range(1, k + 1):
-        if k % g == 0 and g * per >= enough:
-            return g
-    return k
-
-
-def test_group_size_accepts_the_right_answer(capsys):
-    bn.check.group_size(group_right)
-    assert "group_size: correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("fn", "message"),
-    [
-        (lambda k, b, e: min(k, -(-e // (b // k))), "divide the devices evenly"),
-        (lambda k, b, e: k, "more than needed"),
-        (lambda k, b, e: 1, "a group of G holds G times that"),
-    ],
-)
-def test_group_size_names_the_mistake(fn, message):
-    with pytest.raises(CheckFailed, match=message):
-        bn.check.group_size(fn)
-
-
 # --- ghost_running ------------------------------------------------------------------------------------
 
 
@@ -270,7 +241,6 @@ def test_ghost_running_names_the_mistake(fn, message):
 @pytest.mark.parametrize(
     ("check", "fn"),
     [
-        (bn.check.group_size, lambda k, b, e: k),
         (bn.check.sync_crossover, lambda c, p: 2),
         (bn.check.ghost_norm, lambda x, g, eps: x),
         (bn.check.ghost_running, lambda x, g, m0, v0, mom: (m0, v0)),

@@ -21,7 +21,7 @@ from ...smallbatch import GhostBatchNorm
 from ...sync import merge_moments
 from .core import CheckFailed, as_tensor, language, passed, run, say
 
-__all__ = ["ghost_norm", "ghost_running", "group_size", "merge_on_device", "per_device_fix", "predicted",
+__all__ = ["ghost_norm", "ghost_running", "merge_on_device", "per_device_fix", "predicted",
            "sync_crossover", "within_fraction"]
 
 
@@ -297,45 +297,6 @@ def per_device_fix(fn, seeds=(11, 12, 13)) -> None:
                         f"{len(seeds)} new seeds",
                      zh=f"批标准化至少看到 8 个样本；在 {len(seeds)} 个新的随机种子上"
                         f"平均测试准确率 {mean:.1%}"))
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _group_size(k: int, batch: int, enough: int) -> int:
-    per = batch // k
-    return next(g for g in range(1, k + 1) if k % g == 0 and (g * per >= enough or g == k))
-
-
-def group_size(fn) -> None:
-    """Check ``fn(k, batch, enough) -> G``: the smallest G that divides k and gives a group of G devices
-    (``batch / k`` examples each) at least ``enough`` examples; k if none does."""
-    name = "group_size"
-    cases = [(16, 32, 8), (12, 48, 10), (8, 64, 4), (6, 12, 7), (10, 10, 3), (4, 8, 100)]
-    for k, batch, enough in cases:
-        what = f"k={k}, batch={batch}, enough={enough}"
-        got = run(fn, k, batch, enough, name=name, what=what)
-        want = _group_size(k, batch, enough)
-        if got == want:
-            continue
-        per = batch // k
-        if isinstance(got, int | float) and got == -(-enough // per) and k % want == 0:
-            hint = say(en="the group must divide the devices evenly: take the smallest divisor of k that is "
-                          "at least enough / (batch / k)",
-                       zh="组必须把设备均分：取 k 的因数中不小于 enough / (batch / k) 的最小者")
-        elif got == k and want != k:
-            hint = say(en="synchronizing every device is more than needed: take the smallest group that is "
-                          "enough",
-                       zh="同步所有设备超出了需要：取足够大的最小组")
-        elif got == 1 or got == 0:
-            hint = say(en="each device holds batch / k examples; a group of G holds G times that",
-                       zh="每个设备有 batch / k 个样本；G 个设备的组有它的 G 倍")
-        else:
-            hint = say(en="wrong group size", zh="组大小不对")
-        raise CheckFailed(say(en=f"{name}: {hint} ({what}): expected G = {want}, got {got!r}",
-                              zh=f"{name}：{hint}（{what}）：应为 G = {want}，得到 {got!r}"))
-    _passed(name, say(en=f"{len(cases)} cases, from one device enough to no group enough",
-                     zh=f"{len(cases)} 种情形，从一个设备就够到任何组都不够"))
 
 
 # ---------------------------------------------------------------------------------------------
