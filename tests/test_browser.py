@@ -88,7 +88,7 @@ MEASURE = r"""() => {
                                || "no caption").slice(0, 40)})`})),
     unmarked_chinese: [...document.querySelectorAll("main *")].flatMap(e => [...e.childNodes])
       .filter(n => n.nodeType === Node.TEXT_NODE && /[\u3400-\u9fff]/.test(n.textContent)
-              && !n.parentElement.closest('[lang^="zh"]'))
+              && !n.parentElement.closest('[lang^="zh"], pre'))  // code shows the checks' zh= text
       .map(n => n.textContent.slice(Math.max(0, n.textContent.search(/[\u3400-\u9fff]/) - 15))
                 .slice(0, 40).replace(/\s+/g, " ")),
     links: [...document.querySelectorAll("a[href]")].map(a => a.href),
@@ -194,7 +194,8 @@ PROBE = r"""() => {
   const own = e => [...e.childNodes].filter(n => n.nodeType === Node.TEXT_NODE)
     .map(n => n.textContent).join("");
   const p = [...document.querySelectorAll("main p, main li, main span, main h1, main h2")]
-    .find(e => /[\u4e00-\u9fff]{4}/.test(own(e)) && !e.closest("pre, code"));
+    .find(e => /[\u4e00-\u9fff]{4}/.test(own(e)) && !e.closest("pre, code")
+          && e.getBoundingClientRect().width > 0);  // drawn: not a hidden title
   if (p) p.setAttribute("data-font-probe", "");
   return !!p;
 }"""
