@@ -76,7 +76,7 @@ book-student: $(STAMP)
 	$(BIN)/jupyter-book build _build/student-src --path-output _build/student --warningiserror --keep-going --all
 	$(I18N) zh-config _build/student-src --root _build/student-src --stored
 	$(BIN)/jupyter-book build _build/student-src --config _build/student-src/_config.zh.yml \
-		--toc _build/student-src/_toc.zh.yml --path-output _build/student-zh --warningiserror \
+		--toc $(CURDIR)/_build/student-src/_toc.zh.yml --path-output _build/student-zh --warningiserror \
 		--keep-going --all
 	rm -rf _build/student/_build/html/zh_CN
 	cp -r _build/student-zh/_build/html _build/student/_build/html/zh_CN
