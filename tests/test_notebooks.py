@@ -269,3 +269,13 @@ def test_no_cell_ends_by_showing_a_glued_value(path):
                 and ast.unparse(last[0].value.func) == "bn.glue" and not source.endswith(";")):
             problems.append((i, source.splitlines()[-1]))
     _fail(path, problems, "cells whose last line shows a glued value: end it with ';'")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_visible_code_fits_the_column(path):
+    """At 1280 px the code column holds about 86 characters; fonts differ, so 84 at most."""
+    problems = [(i, f"{len(line)} characters: {line[:60]!r}...") for i, cell in _cells(path)
+                if cell["cell_type"] == "code"
+                and not _tags(cell) & {"hide-input", "remove-input", "remove-cell", "hide-cell"}
+                for line in _text(cell).splitlines() if len(line) > 84]
+    _fail(path, problems, "visible code lines over 84 characters (they scroll sideways)")
