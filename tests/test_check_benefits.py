@@ -311,6 +311,6 @@ def test_predictions_explain_in_chinese(monkeypatch, capsys):
     check.predict_largest_lr(1.0, 3.0)
     check.predict_speedup(3.0, 8.0)
     out = capsys.readouterr().out
-    assert all(len(line) <= 44 for line in out.splitlines())
+    assert all(bn.check.core.columns(line) <= 88 for line in out.splitlines())  # the page column
     out = out.replace("\n  ", "")
     assert "有效学习率" in out and "饱和区" in out

@@ -5,11 +5,8 @@ Chinese (:func:`~bncourse.teach.check.core.say`)."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
-import textwrap
-from contextlib import redirect_stdout
 from numbers import Real
 
 import torch
@@ -17,27 +14,12 @@ from torch import nn
 
 from ...lab.benefits import bn_linear_grad, scaled_digits
 from ...lab.device import generator
-from .core import CheckFailed, as_tensor, call, language, passed, prediction, run, say
+from .core import CheckFailed, as_tensor, call, passed, prediction, run, say
 
 __all__ = ["batch_jitter", "decay_norm_params", "gradient_change", "grad_at_scaled_weight",
            "predict_largest_lr", "predict_speedup", "scaled_gradient"]
 
 EPS = 1e-5
-
-
-def _wrapped(report, *args, **kwargs) -> None:
-    """Run ``report`` (``passed`` or ``prediction``) with its printed line wrapped to the page's
-    column: 88 characters, 44 in Chinese (whose characters are twice as wide)."""
-    out = io.StringIO()
-    with redirect_stdout(out):
-        report(*args, **kwargs)
-    width = 44 if language() == "zh" else 88
-    for line in out.getvalue().rstrip("\n").split("\n"):
-        print(textwrap.fill(line, width=width, subsequent_indent="  "))
-
-
-def _passed(name: str, detail: str = "") -> None:
-    _wrapped(passed, name, detail)
 
 
 def _variant_grad(x, v, dout, *, unbiased=False, detach_stats=False, eps=EPS) -> torch.Tensor:
@@ -103,7 +85,7 @@ def grad_at_scaled_weight(fn) -> None:
         err = ((got - ref).norm() / ref.norm()).item()
         raise CheckFailed(say(en=f"{name}: wrong gradient {where}: relative error {err:.2g}",
                               zh=f"{name}：梯度不对{where}：相对误差 {err:.2g}"))
-    _passed(name, say(en="4 random layers, k from 0.001 to 20", zh="4 个随机层，k 从 0.001 到 20"))
+    passed(name, say(en="4 random layers, k from 0.001 to 20", zh="4 个随机层，k 从 0.001 到 20"))
 
 
 def scaled_gradient(fn) -> None:
@@ -170,7 +152,7 @@ def scaled_gradient(fn) -> None:
         err = ((got - ref).norm() / ref.norm()).item()
         raise CheckFailed(say(en=f"{name}: wrong gradient {where}: relative error {err:.2g}",
                               zh=f"{name}：梯度不对{where}：相对误差 {err:.2g}"))
-    _passed(name, say(en="4 random layers, k from 0.001 to 10, eps from 1e-5 to 1e-2: exact",
+    passed(name, say(en="4 random layers, k from 0.001 to 10, eps from 1e-5 to 1e-2: exact",
                      zh="4 个随机层，k 从 0.001 到 10，eps 从 1e-5 到 1e-2：精确"))
 
 
@@ -253,7 +235,7 @@ def gradient_change(fn) -> None:
                 raise CheckFailed(f"{name}: {hint} (eta = {eta})")
         raise CheckFailed(say(en=f"{name}: expected {ref:.6g}, got {got:.6g} (eta = {eta})",
                               zh=f"{name}：应为 {ref:.6g}，得到 {got:.6g}（eta = {eta}）"))
-    _passed(name, say(en="3 smooth losses, step sizes 0.02 to 0.5",
+    passed(name, say(en="3 smooth losses, step sizes 0.02 to 0.5",
                      zh="3 个光滑的损失，步长 0.02 到 0.5"))
 
 
@@ -331,7 +313,7 @@ def batch_jitter(fn) -> None:
             d = abs(math.log(got / v))
             distance[m] = max(distance[m], d / hints[m][1])
     if first_miss is None:
-        _passed(name, say(en="4 random units, batches of 3 and 4, all possible batches",
+        passed(name, say(en="4 random units, batches of 3 and 4, all possible batches",
                          zh="4 个随机单元，批大小 3 和 4，与所有可能的批比较"))
         return
     likely = min(distance, key=distance.get)
@@ -411,7 +393,7 @@ def decay_norm_params(fn, seeds=(11, 12)) -> None:
                    f"请逐行对比你的脚本和有问题的脚本{where}"))
         seen.append((acc, gamma, kept))
     accs = ", ".join(f"{a:.0%}" for a, _, _ in seen)
-    _passed(name, say(en=f"{len(seeds)} seeds: test accuracy {accs}, gamma about "
+    passed(name, say(en=f"{len(seeds)} seeds: test accuracy {accs}, gamma about "
                         f"{seen[0][1]:.2f}, hidden weights decayed to {seen[0][2]:.0%} of their start",
                      zh=f"{len(seeds)} 个随机种子：测试准确率 {accs}，gamma 约为 {seen[0][1]:.2f}，"
                         f"隐藏层权重衰减到初始的 {seen[0][2]:.0%}"))
@@ -421,7 +403,7 @@ def decay_norm_params(fn, seeds=(11, 12)) -> None:
 def predict_largest_lr(guess, measured: float) -> None:
     """Check the *predict* exercise of the learning-rate sweep: ``guess``, committed before the sweep,
     against the largest rate at which the batch-normalized network trained (``measured``)."""
-    _wrapped(prediction, "largest_lr_bn", guess, measured, low=0.03, high=10.0, fmt=".2g", explain=say(
+    prediction("largest_lr_bn", guess, measured, low=0.03, high=10.0, fmt=".2g", explain=say(
         en="The plain network's limit is 0.3. A batch-normalized hidden layer's output does not "
            "depend on the scale of its weights, and a step, orthogonal to the weights, lengthens "
            "them, which lowers their effective rate eta/||W||^2 for the steps after it: the section "
@@ -434,7 +416,7 @@ def predict_largest_lr(guess, measured: float) -> None:
 def predict_speedup(guess, measured: float) -> None:
     """Check the *predict* exercise of Figure 1: ``guess``, committed before the runs, against how
     many times sooner (mean over the seeds) the batch-normalized network reached 90% (``measured``)."""
-    _wrapped(prediction, "speedup_90", guess, measured, low=0.1, high=100.0, fmt=".2g", explain=say(
+    prediction("speedup_90", guess, measured, low=0.1, high=100.0, fmt=".2g", explain=say(
         en="At rate 2 the plain network's first steps overshoot and switch its last hidden layer "
            "off, and it climbs back out of saturation only slowly (the next section shows how); "
            "with batch norm each unit's input is centred and scaled at every step, so it cannot "

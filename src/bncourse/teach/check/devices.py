@@ -7,11 +7,8 @@ running statistics. Every message comes in English and Chinese (``say``)."""
 from __future__ import annotations
 
 import copy
-import io
 import math
 import numbers
-import textwrap
-from contextlib import redirect_stdout
 
 import torch
 
@@ -19,7 +16,7 @@ from ...lab.device import generator
 from ...lab.distributed import counting_host_syncs, ring_values
 from ...smallbatch import GhostBatchNorm
 from ...sync import merge_moments
-from .core import CheckFailed, as_tensor, language, passed, run, say
+from .core import CheckFailed, as_tensor, passed, run, say
 
 __all__ = ["ghost_norm", "ghost_running", "merge_on_device", "per_device_fix", "predicted",
            "sync_crossover", "within_fraction"]
@@ -27,16 +24,6 @@ __all__ = ["ghost_norm", "ghost_running", "merge_on_device", "per_device_fix", "
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=1e-9))
-
-
-def _passed(name: str, detail: str) -> None:
-    """``passed``, its line wrapped to the page's column (88 characters; 44 in Chinese, whose
-    characters are twice as wide)."""
-    out = io.StringIO()
-    with redirect_stdout(out):
-        passed(name, detail)
-    width = 44 if language() == "zh" else 88
-    print(textwrap.fill(out.getvalue().rstrip("\n"), width=width, subsequent_indent="  "))
 
 
 def predicted(name: str, guess, measured: float, *, low: float, high: float, explain: str,
@@ -64,7 +51,7 @@ def predicted(name: str, guess, measured: float, *, low: float, high: float, exp
         how = say(en=f"above the run by {gap:{fmt}}", zh=f"比测量值高 {gap:{fmt}}")
     else:
         how = say(en=f"below the run by {-gap:{fmt}}", zh=f"比测量值低 {-gap:{fmt}}")
-    _passed(name, say(en=f"you predicted {guess:{fmt}}, the run measured {measured:{fmt}}: {how}. {explain}",
+    passed(name, say(en=f"you predicted {guess:{fmt}}, the run measured {measured:{fmt}}: {how}. {explain}",
                       zh=f"你预测 {guess:{fmt}}，实测 {measured:{fmt}}：{how}。{explain}"))
 
 
@@ -127,7 +114,7 @@ def within_fraction(fn) -> None:
                f"measures {measured:.4f}",
             zh=f"{name}：{hint}（{what}）：应为 {want:.4f}，得到 {got:.4f}；"
                f"对 4000 个批的模拟测得 {measured:.4f}"))
-    _passed(name, say(en=f"{len(cases)} shard and batch sizes, from shards of 1 to the whole batch",
+    passed(name, say(en=f"{len(cases)} shard and batch sizes, from shards of 1 to the whole batch",
                      zh=f"{len(cases)} 组分片与批大小，从 1 个样本的分片到整批"))
 
 
@@ -206,7 +193,7 @@ def merge_on_device(fn) -> None:
                 zh=f"{name}：函数无法只靠形状运行（{type(e).__name__}: {str(e)[:120]}）：它需要张量的值，"
                    f"用于布尔掩码、对张量的 `if` 或转换成 Python 数。在 GPU 上这要等待设备；"
                    f"改为给空分片权重 0（{what}）")) from None
-    _passed(name, say(en=f"{len(cases)} sets of shards, some empty, and on the meta device",
+    passed(name, say(en=f"{len(cases)} sets of shards, some empty, and on the meta device",
                      zh=f"{len(cases)} 组分片，其中有空分片，并在 meta 设备上运行"))
 
 
@@ -293,7 +280,7 @@ def per_device_fix(fn, seeds=(11, 12, 13)) -> None:
                f"batch norm on the whole batch reaches about 97%",
             zh=f"{name}：修复后的网络在 {len(seeds)} 个随机种子上的平均测试准确率为 {mean:.1%}；"
                f"在整批上做批标准化约为 97%"))
-    _passed(name, say(en=f"batch norm sees 8 or more examples; test accuracy {mean:.1%} on average over "
+    passed(name, say(en=f"batch norm sees 8 or more examples; test accuracy {mean:.1%} on average over "
                         f"{len(seeds)} new seeds",
                      zh=f"批标准化至少看到 8 个样本；在 {len(seeds)} 个新的随机种子上"
                         f"平均测试准确率 {mean:.1%}"))
@@ -373,7 +360,7 @@ def sync_crossover(fn) -> None:
                                   zh=f"{name}：应返回进程数 K，得到的是 {answer!r}（{what}）")) from None
         want.append(_crossover(channels, params))
     if got == want:
-        _passed(name, say(en=f"{len(cases)} networks, one layer of 16 channels to 20 layers of 256",
+        passed(name, say(en=f"{len(cases)} networks, one layer of 16 channels to 20 layers of 256",
                          zh=f"{len(cases)} 个网络，从一层 16 个通道到 20 层各 256 个通道"))
         return
     i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
@@ -440,7 +427,7 @@ def ghost_norm(fn) -> None:
             en=f"{name}: wrong output ({what}); expected each run of ghost_size rows normalized with its own "
                f"mean and biased variance",
             zh=f"{name}：输出不对（{what}）；应当把每 ghost_size 行用它们自己的均值和有偏方差标准化"))
-    _passed(name, say(en=f"{len(cases)} batches, ghost batches of 2 to 10 rows",
+    passed(name, say(en=f"{len(cases)} batches, ghost batches of 2 to 10 rows",
                      zh=f"{len(cases)} 个批，幽灵批为 2 到 10 行"))
 
 
@@ -496,5 +483,5 @@ def ghost_running(fn) -> None:
             en=f"{name}: wrong running statistics ({what}); expected the average over the ghost batches of "
                f"their means and unbiased variances, blended in by momentum",
             zh=f"{name}：滑动平均统计量不对（{what}）；应为各幽灵批的均值和无偏方差的平均，按动量混入"))
-    _passed(name, say(en=f"{len(cases)} batches, ghost batches of 2 to 8",
+    passed(name, say(en=f"{len(cases)} batches, ghost batches of 2 to 8",
                      zh=f"{len(cases)} 个批，幽灵批为 2 到 8 行"))

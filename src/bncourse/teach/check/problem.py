@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import io
 import math
-import textwrap
-from contextlib import redirect_stdout
 
 import torch
 
 from ...lab.device import generator
-from .core import WRITE_YOUR_OWN, CheckFailed, call, language, passed, say
+from .core import WRITE_YOUR_OWN, CheckFailed, call, passed, say
 
 __all__ = ["fixed_fit", "largest_stable_lr"]
 
@@ -23,16 +20,6 @@ SOLVERS = tuple(f"torch.linalg.{n}" for n in ("lstsq", "solve", "inv", "pinv", "
     "numpy.linalg", "scipy.linalg", "sklearn.linear_model", "bncourse.lab.landscape")
 WRITE_YOUR_OWN["largest_stable_lr"] = ("bncourse.lab.landscape", *EIGEN)
 WRITE_YOUR_OWN["fixed_fit"] = SOLVERS
-
-
-def _passed(name: str, detail: str) -> None:
-    """``passed``, its line wrapped to the page's column (88 characters; 44 in Chinese, whose
-    characters are twice as wide)."""
-    out = io.StringIO()
-    with redirect_stdout(out):
-        passed(name, detail)
-    width = 44 if language() == "zh" else 88
-    print(textwrap.fill(out.getvalue().rstrip("\n"), width=width, subsequent_indent="  "))
 
 
 def _number(value, name: str) -> float:
@@ -115,7 +102,7 @@ def largest_stable_lr(fn) -> None:
                f"and the determinant",
             zh=f"{name}：{where}。先写出这个特征下 L(w, b) 的海森矩阵"
                f"（各元素是对样本求的均值：x^2 的、x 的和 1 的），再由迹和行列式求它的最大特征值"))
-    _passed(name, say(en=f"2 / lambda_max for {len(_MOMENTS)} pairs (mu, sigma)",
+    passed(name, say(en=f"2 / lambda_max for {len(_MOMENTS)} pairs (mu, sigma)",
                      zh=f"{len(_MOMENTS)} 组 (mu, sigma) 的 2 / lambda_max 都对"))
 
 
@@ -206,5 +193,5 @@ def fixed_fit(fn) -> None:
                f"minimum's {best:.4g} ({where}); fit the same model, x @ w + b, in the original units",
             zh=f"{name}：结果有限，但损失为 {_loss(x, y, w, b):.4g}，高于最小值 {best:.4g}（{where}）；"
                f"请在原始单位下拟合同一个模型 x @ w + b"))
-    _passed(name, say(en="at the minimum on 3 new problems, features on scales from 0.05 to 300",
+    passed(name, say(en="at the minimum on 3 new problems, features on scales from 0.05 to 300",
                      zh="在 3 个新问题上都到达最小值，特征尺度从 0.05 到 300"))

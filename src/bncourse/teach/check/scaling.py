@@ -8,31 +8,18 @@ build their synthetic exercises with it, so it stays.
 
 from __future__ import annotations
 
-import io
 import math
 import numbers
-import textwrap
-from contextlib import redirect_stdout
 
 import torch
 
 from ...lab.device import generator
 from ...lab.scaling import fit_standard
-from .core import CheckFailed, as_tensor, call, language, passed, say
+from .core import CheckFailed, as_tensor, call, passed, say
 
 __all__ = ["divided_by_std", "fixed_predict", "standardize"]
 
 _TOL = {"rtol": 1e-5, "atol": 1e-6}
-
-
-def _passed(name: str, detail: str) -> None:
-    """``passed``, its line wrapped to the page's column (88 characters; 44 in Chinese, whose
-    characters are twice as wide)."""
-    out = io.StringIO()
-    with redirect_stdout(out):
-        passed(name, detail)
-    width = 44 if language() == "zh" else 88
-    print(textwrap.fill(out.getvalue().rstrip("\n"), width=width, subsequent_indent="  "))
 
 
 def _data(n: int, d: int, seed: int, constant: int | None = None) -> torch.Tensor:
@@ -153,7 +140,7 @@ def _prediction(name: str, guess, measured: float, *, low: float, high: float, e
         factor = f"{max(ratio, 1 / ratio):.2g}"
         how = say(en=f"{factor} times {'above' if ratio > 1 else 'below'} it",
                   zh=f"是它的 {factor} 倍" if ratio > 1 else f"只有它的 1/{factor}")
-    _passed(name, say(en=f"you predicted {guess:{fmt}}, the run measured {measured:{fmt}}: {how}. {en}",
+    passed(name, say(en=f"you predicted {guess:{fmt}}, the run measured {measured:{fmt}}: {how}. {en}",
                      zh=f"你预测 {guess:{fmt}}，实测 {measured:{fmt}}：{how}。{zh}"))
 
 
@@ -217,7 +204,7 @@ def fixed_predict(fn, model, split) -> None:
         got[size] = torch.cat([_as_classes(_serve(fn, r, name), len(r), name) for r in requests])
     ok = {size: int((got[size] != right[:len(got[size])]).sum()) <= 1 for size in sizes}  # rounding
     if all(ok.values()):
-        _passed(name, say(en="the same classes alone, in requests of 7 and all at once, as with the "
+        passed(name, say(en="the same classes alone, in requests of 7 and all at once, as with the "
                             "training statistics",
                          zh="单张、7 张一组、整批请求给出的类别都相同，与用训练统计量时一致"))
         return

@@ -8,8 +8,8 @@ import math
 import torch
 
 from ...lab.device import generator
-from .benefits import _number, _passed
-from .core import CheckFailed, call, say
+from .benefits import _number
+from .core import CheckFailed, call, passed, say
 
 __all__ = ["gradient_ics"]
 
@@ -117,5 +117,5 @@ def gradient_ics(fn) -> None:
                                  f"({got[0]:.6g}, {got[1]:.6g}) {where}",
                               zh=f"{name}：(l2, cos) 应为 ({ref[0]:.6g}, {ref[1]:.6g})，得到 "
                                  f"({got[0]:.6g}, {got[1]:.6g}){where}"))
-    _passed(name, say(en="4 deep linear networks of 3 to 5 layers, inner and last layers",
+    passed(name, say(en="4 deep linear networks of 3 to 5 layers, inner and last layers",
                      zh="4 个 3 到 5 层的深度线性网络，中间层和最后一层"))
