@@ -2,8 +2,11 @@
 #   make book          build the HTML book into _build/html (English) and _build/html/zh_CN
 #                      (Chinese), executing every notebook whose code, or the package, changed
 #                      since the last build (Jupyter Book's cache)
-#   make test          lint, unit tests, every notebook under nbval, book builds (also the student
-#                      edition's) with warnings as errors, the built book in a browser
+#   make test          lint, unit tests, every notebook under nbval, the book built with warnings as
+#                      errors, the built book in a browser (about 8 minutes on 2 cores)
+#   make test-instructor   nbgrader's round trip over the chapters and the student book, both
+#                      languages (CI runs it after `test`)
+#   make screenshots   the browser test, saving every page at 1280 and 390 px in _build/screenshots/
 #   make lab           open the notebooks in JupyterLab
 #   make bench         benchmark our batch norm against PyTorch's
 #   make student-edition   the chapter notebooks without solutions or outputs, in student/ (as
@@ -22,8 +25,8 @@ STAMP := $(VENV)/.installed
 BNCOURSE := $(BIN)/python -m bncourse.teach.instructor.cli
 I18N := $(BIN)/python -m bncourse.teach.i18n
 
-.PHONY: book book-student student-edition test lint unit book-check browser lab bench robust locales \
-	locales-check gpu-check clean
+.PHONY: book book-student student-edition test test-instructor lint unit nbgrader book-check browser \
+	screenshots lab bench robust locales locales-check gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -85,7 +88,15 @@ book-student: $(STAMP)
 student-edition: $(STAMP)
 	$(BNCOURSE) student-edition student
 
-test: lint unit locales-check book-check browser book-student
+# Two jobs at a time on two cores: the unit tests and notebooks (two pytest workers) beside the
+# book build and the browser. Each part's output shows when it ends.
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target unit lint locales-check browser
+
+# What instructors rely on, beyond the checks `test` runs: nbgrader releases, collects and grades the
+# chapters as book/grading.md says, and the book builds without its solutions.
+test-instructor: $(STAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target nbgrader book-student
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests book
@@ -93,7 +104,11 @@ lint: $(STAMP)
 # Two workers (CI has two cores; each notebook runs on one thread); a notebook stays on one worker,
 # since nbval runs its cells in order in one kernel.
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadfile --ignore=tests/test_browser.py
+	$(BIN)/pytest -n 2 --dist loadfile --ignore=tests/test_browser.py \
+		--ignore=tests/test_instructor_nbgrader.py
+
+nbgrader: $(STAMP)
+	$(BIN)/pytest tests/test_instructor_nbgrader.py
 
 # The notebooks were just executed by pytest (nbval); this build renders their stored outputs and
 # fails on any warning. `make book` executes them again while building.
@@ -108,10 +123,14 @@ book-check: $(STAMP)
 	rm -rf _build/check/_build/html/zh_CN
 	cp -r _build/check-zh/_build/html _build/check/_build/html/zh_CN
 
-# That book in headless Chromium (Debian's package): every page at 1280 and 390 px, screenshots in
-# _build/screenshots/. Without a browser it skips and says how to install one; with CI=true it fails.
-browser: $(STAMP)
+# That book in headless Chromium (Debian's package): every page at 1280 and 390 px. Without a
+# browser it skips and says how to install one; with CI=true it fails. `screenshots` also saves
+# each page, whole, in _build/screenshots/ (for looking at; nothing is asserted on them).
+browser: book-check
 	$(BIN)/pytest tests/test_browser.py
+
+screenshots: book-check
+	BNCOURSE_SCREENSHOTS=1 $(BIN)/pytest tests/test_browser.py
 
 # Every notebook with every seed it sets shifted (BNCOURSE_SEED_OFFSET), once per offset: a claim
 # that holds only for the stored seeds fails here, as it would on a learner's machine. The stored

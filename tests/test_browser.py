@@ -2,8 +2,9 @@
 
 Serves the book built from the stored outputs (`make book-check`, or BOOK_HTML=folder) on 127.0.0.1,
 opens every page in headless Chromium (Debian's package, driven by Playwright) at 1280 px and at
-390 px, saves a screenshot of each under _build/screenshots/, and fails on what a reader would trip
-over. Every request that leaves 127.0.0.1 is blocked and counted, so the book is tested offline.
+390 px, and fails on what a reader would trip over; with BNCOURSE_SCREENSHOTS=1 (`make screenshots`)
+it also saves a screenshot of each, whole, under _build/screenshots/. Every request that leaves
+127.0.0.1 is blocked and counted, so the book is tested offline.
 
 Figure legibility: a PNG records the dpi it was saved at, so its smallest text, in the style's
 smallest font size (`bn.plot`), measures MIN_PT / 72 * dpi image pixels; times the displayed width
@@ -27,7 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "check" / "_build" / "html"))
-SHOTS = ROOT / "_build" / "screenshots"
+SHOTS = ROOT / "_build" / "screenshots"  # the report, and the screenshots if asked for
+SCREENSHOTS = os.environ.get("BNCOURSE_SCREENSHOTS") == "1"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -166,9 +168,10 @@ def book():
                         seen[path]["cjk_fonts"] = _fonts_of_chinese(context, page)
                 else:
                     seen[path]["phone_images"] = page.evaluate(MEASURE)["images"]
-                shot = SHOTS / str(width) / (path.removesuffix(".html").replace("/", "_") + ".png")
-                shot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=shot, full_page=True)
+                if SCREENSHOTS:
+                    shot = SHOTS / str(width) / (path.removesuffix(".html").replace("/", "_") + ".png")
+                    shot.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=shot, full_page=True)
                 page.close()
             search = _open(context, origin + "search.html?q=momentum", seen["search.html"], external)
             try:
@@ -185,6 +188,7 @@ def book():
     seen.update(redirects)
     report = {p: {k: v for k, v in log.items() if k not in ("text", "links", "ids")}
               for p, log in seen.items()}
+    SHOTS.mkdir(parents=True, exist_ok=True)
     (SHOTS / "report.json").write_text(json.dumps(report, indent=1))
     return {"origin": origin, "pages": seen, "external": external}
 
