@@ -1,5 +1,7 @@
 """Chapter 7's measuring tools (their numbers are printed by the chapter, never asserted here)."""
 
+import platform
+import subprocess
 import sys
 
 import pytest
@@ -77,6 +79,23 @@ def test_saved_bytes_counts_what_the_backward_keeps():
 def test_page_faults_counts_first_touches_of_fresh_memory():
     assert hardware.page_faults(lambda: torch.ones(1 << 24), reps=2) > 0  # 64 MiB, mapped anew
     assert hardware.page_faults(lambda: None, reps=3) < 1
+
+
+def test_reuse_freed_memory_stops_the_faults_of_fresh_tensors():
+    # in a process of its own: the setting lasts for the rest of the process
+    code = ("import torch; from bncourse.lab import hardware as h\n"
+            "fresh = lambda: torch.ones(1 << 24)  # 64 MiB\n"
+            "before = h.page_faults(fresh, reps=3)\n"
+            "done = h.reuse_freed_memory()\n"
+            "print(before, h.page_faults(fresh, reps=3), done)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after, done = out.stdout.split()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert done == "True"
+        assert float(before) >= 32  # a fault for every page, 2 MiB at most, of the fresh tensor
+        assert float(after) < 1  # its memory reused
+    else:
+        assert done == "False"
 
 
 def test_describe_names_the_device_and_its_vector_code():

@@ -15,10 +15,12 @@ their median, so a kernel shows above 100% of its bound only if it moved its byt
 fastest stream of the same kind did.
 """
 
+import ctypes
 import math
 import platform
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +30,8 @@ import torch
 from .. import kernels as readable_kernels
 
 __all__ = ["MIXES", "TENSOR_PASSES", "Roof", "Timing", "describe", "first_call", "loop_nest",
-           "page_faults", "readable_batch_norm", "saved_bytes", "stream_fns", "time_interleaved",
-           "time_samples", "time_with_roof"]
+           "page_faults", "readable_batch_norm", "reuse_freed_memory", "saved_bytes", "stream_fns",
+           "time_interleaved", "time_samples", "time_with_roof"]
 
 # How many input-sized tensors each mode must read and write at least (every tensor crosses memory
 # once): the train forward reads x and writes y; the backward reads dy and x and writes dx; eval reads
@@ -275,6 +277,25 @@ def page_faults(fn: Callable[[], object], reps: int = 10) -> float:
     for _ in range(reps):
         fn()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / reps
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def reuse_freed_memory() -> bool:
+    """Tell glibc to keep freed memory for reuse, for the rest of the process; ``True`` if it could.
+
+    By default glibc maps each large block anew and hands it back on free, so every call's fresh
+    tensors page-fault on first touch. After this, every block comes from the heap (``M_MMAP_MAX``
+    0) and the heap is never trimmed (``M_TRIM_THRESHOLD``): a call finds its memory mapped already,
+    as PyTorch's caching allocator keeps it on a GPU. Elsewhere (macOS, Windows, musl) it does
+    nothing and returns ``False``.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def loop_nest(code: str) -> list[str]:
