@@ -101,10 +101,11 @@ test-instructor: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests book
 
-# Two workers (CI has two cores; each notebook runs on one thread); a notebook stays on one worker,
-# since nbval runs its cells in order in one kernel.
+# Two workers (CI has two cores), each on one thread, as each notebook's kernel is (bn.setup): OpenMP
+# threads that outnumber the cores spin while they wait, and took a third more CPU time. A notebook
+# stays on one worker, since nbval runs its cells in order in one kernel.
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadfile --ignore=tests/test_browser.py \
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile --ignore=tests/test_browser.py \
 		--ignore=tests/test_instructor_nbgrader.py
 
 nbgrader: $(STAMP)
@@ -139,7 +140,8 @@ ROBUST_OFFSETS ?= 1000 2027
 robust: $(STAMP)
 	for offset in $(ROBUST_OFFSETS); do \
 		echo "== BNCOURSE_SEED_OFFSET=$$offset"; \
-		BNCOURSE_SEED_OFFSET=$$offset $(BIN)/pytest -n 2 --dist loadfile -p no:cacheprovider book \
+		BNCOURSE_SEED_OFFSET=$$offset OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile \
+			-p no:cacheprovider book \
 			|| exit 1; \
 	done
 

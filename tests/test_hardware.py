@@ -87,7 +87,9 @@ def test_reuse_freed_memory_stops_the_faults_of_fresh_tensors():
             "fresh = lambda: torch.ones(1 << 24)  # 64 MiB\n"
             "before = h.page_faults(fresh, reps=3)\n"
             "done = h.reuse_freed_memory()\n"
-            "print(before, h.page_faults(fresh, reps=3), done)")
+            "fresh(), fresh()  # the heap grows to hold it, once\n"
+            "calls = sorted(h.page_faults(fresh, reps=1) for _ in range(5))\n"
+            "print(before, calls[2], done)")  # the median call: the system may reclaim idle pages
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after, done = out.stdout.split()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
