@@ -289,8 +289,8 @@ def reuse_freed_memory() -> bool:
     By default glibc maps each large block anew and hands it back on free, so every call's fresh
     tensors page-fault on first touch. After this, every block comes from the heap (``M_MMAP_MAX``
     0) and the heap is never trimmed (``M_TRIM_THRESHOLD``): after a call or two that grow the heap,
-    a call finds its memory mapped already, as PyTorch's caching allocator keeps it on a GPU. Elsewhere (macOS, Windows, musl) it does
-    nothing and returns ``False``.
+    a call finds its memory mapped already, as PyTorch's caching allocator keeps it on a GPU.
+    Elsewhere (macOS, Windows, musl) it does nothing and returns ``False``.
     """
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
