@@ -23,6 +23,29 @@ def test_batch_sum_is_the_sum_over_dim_0(shape):
     torch.testing.assert_close(compiled.batch_sum(t), t.sum(0))
 
 
+@pytest.mark.parametrize("shape", [(8, 3), (4096, 4), (4099, 4), (10, 2048), (5, 3, 4, 6), (3, 2, 7)])
+def test_block_moments_are_the_two_pass_moments(shape):
+    # blocks of rows (a tail of rows included) or planes, merged: the float64 two-pass values,
+    # and float32 stays accurate far from zero
+    x = torch.randn(shape, dtype=torch.float64) * 3 + 1e4
+    dims = [0, *range(2, x.dim())]
+    mean, m2 = compiled.block_moments(x)
+    torch.testing.assert_close(mean, x.mean(dims))
+    torch.testing.assert_close(m2, (x - bn.functional.channel_view(x.mean(dims), x)).square().sum(dims))
+    x32 = x.float()  # against the float64 moments of the same float32 values
+    _, m2_of_x32 = compiled.block_moments(x32.double())
+    assert bn.rel_error(compiled.block_moments(x32)[1].double(), m2_of_x32) <= 1e-4
+
+
+def test_the_compiled_forward_reads_x_once_for_its_statistics():
+    # two loop nests over the rows: the blocks' moments (two passes over a block in cache), the output
+    x = torch.randn(SHAPE)
+    code = compiled.generated_code(compiled.forward, x, torch.ones(SHAPE[1]), torch.zeros(SHAPE[1]), 1e-5)
+    nests = "\n".join(bn.hardware.loop_nest(code)).split("\nfor ")
+    rows = (f"range(0, {compiled.rows_per_block(*SHAPE)}, 1)", f"range(0, {SHAPE[0]}, 1)")
+    assert sum(any(line.endswith(rows) for line in nest.splitlines()) for nest in nests) == 2
+
+
 def test_compiler_is_found_here_and_a_missing_one_is_named(monkeypatch):
     assert compiled.available("cpu") is None
     monkeypatch.setenv("CXX", "no-such-compiler++")

@@ -2,16 +2,19 @@
 
 Inductor, PyTorch's compiler, fuses each kernel into loops over memory: C++ with OpenMP on the CPU
 (it needs a C++ compiler, ``g++`` or ``clang++``), Triton on CUDA. The functions compiled are
-:func:`bncourse.kernels.batch_norm_forward`, :func:`~bncourse.kernels.batch_norm_backward_fused`
-and :func:`~bncourse.kernels.scale_shift` (eval) themselves: the same math, the same two-pass variance.
+:func:`bncourse.kernels.batch_norm_backward_fused` and :func:`~bncourse.kernels.scale_shift` (eval)
+themselves, and the readable forward with its statistics taken another way: the same math, the
+same two-pass variance, in fewer sweeps over memory.
 
-One thing changes, *how* a sum runs: Inductor's loop for the per-channel sum of an ``(N, C)`` tensor
+Two things change. *How a sum runs*: Inductor's loop for the per-channel sum of an ``(N, C)`` tensor
 over dim 0 walks down the columns, 16 channels at a time, sweeping the whole tensor ``C / 16`` times
 with a stride of one row (read it with ``TORCH_LOGS=output_code``). :func:`batch_sum` sums blocks of
 rows first, whose sweeps stay in cache, then the blocks; it replaces ``sum``/``mean`` over dim 0 of
-2D tensors while Inductor lowers the kernels. Compiling takes seconds to a minute, once per
-function and input shape (a second shape compiles once more, for every size); Inductor also keeps
-its output on disk, so a new process reuses it.
+2D tensors while Inductor lowers the kernels. *Where the variance's two passes run*: the forward
+(:func:`forward`) takes them within blocks that stay in cache and merges the blocks' moments
+(:func:`block_moments`), so its statistics read ``x`` once. Compiling takes seconds to a minute,
+once per function and input shape (a second shape compiles once more, for every size); Inductor
+also keeps its output on disk, so a new process reuses it.
 """
 
 import contextlib
@@ -26,17 +29,32 @@ import torch
 from . import kernels as F
 from .tuned import batch_norm_backward_fused, batch_norm_forward
 
-__all__ = ["available", "backward", "batch_norm_eval", "batch_norm_train", "batch_sum", "compile_kernel",
-           "forward", "generated_code", "generated_codes"]
+__all__ = ["available", "backward", "batch_norm_eval", "batch_norm_train", "batch_sum", "block_moments",
+           "block_rows", "compile_kernel", "forward", "generated_code", "generated_codes", "rows_per_block"]
 
 aten = torch.ops.aten
 BLOCK_ELEMENTS = 1 << 14  # a block of rows of batch_sum: 64 KiB of float32, which stays in cache
 
 
+def block_rows(channels: int) -> int:
+    """Rows in a block of :func:`batch_sum` and :func:`block_moments`: about ``BLOCK_ELEMENTS`` values."""
+    return max(2, BLOCK_ELEMENTS // channels)
+
+
+def rows_per_block(n: int, channels: int) -> int:
+    """Rows in a block of :func:`block_moments`: :func:`block_rows`, or somewhat fewer that divide ``n``.
+
+    With no rows left over, Inductor fuses a block's two passes into one loop nest; a tail of rows
+    keeps the result exact but costs a second sweep.
+    """
+    most = block_rows(channels)
+    return next((rows for rows in range(most, most // 4, -1) if n % rows == 0), most)
+
+
 def batch_sum(t: torch.Tensor) -> torch.Tensor:
     """``t.sum(0)`` for a 2D ``(N, C)`` tensor, as a sum of sums over blocks of rows."""
     n, c = t.shape
-    rows = max(2, BLOCK_ELEMENTS // c)
+    rows = block_rows(c)
     blocks = n // rows
     total = t[: blocks * rows].view(blocks, rows, c).sum(1).sum(0)
     return total + t[blocks * rows :].sum(0) if n % rows else total
@@ -45,7 +63,7 @@ def batch_sum(t: torch.Tensor) -> torch.Tensor:
 def _split_reduction(op, default):
     def decomposition(t, dims, keepdim=False, *, dtype=None):
         if t.dim() == 2 and list(dims) in ([0], [-2]) and not keepdim and dtype is None \
-                and t.shape[0] >= 4 * max(2, BLOCK_ELEMENTS // t.shape[1]):
+                and t.shape[0] >= 4 * block_rows(t.shape[1]):
             total = batch_sum(t)
             return total / t.shape[0] if op is aten.mean.dim else total
         return default(t, dims, keepdim, dtype=dtype) if default else NotImplemented
@@ -150,10 +168,50 @@ def generated_code(fn, *args, two_stage_sums: bool = True) -> str:
     return generated_codes(fn, *args, two_stage_sums=two_stage_sums)[0]
 
 
+def block_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(mean, M2)`` of ``x``, ``M2 = sum((x - mean)**2)``, in one sweep over memory.
+
+    The two-pass variance is taken within blocks small enough to stay in cache between its passes
+    (:func:`rows_per_block` rows of an ``(N, C)`` input; one plane of an ``(N, C, *)`` input, per
+    example), and the blocks' moments are merged with Chan's formula
+    (:func:`bncourse.kernels.merge_moments`, the merge of SyncBatchNorm's shards). The values are
+    first shifted by the first example's (exact in floating point for values near each other), so
+    that the blocks' means, which the merge subtracts, keep their digits far from zero.
+    """
+    shift = x[0].reshape(x.shape[1], -1)[:, 0]
+    mean, m2 = _block_moments(x - F.channel_view(shift, x))
+    return mean + shift, m2
+
+
+def _block_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, c = x.shape[0], x.shape[1]
+    if x.dim() > 2:
+        planes = x.reshape(n, c, -1)
+        means = planes.mean(2)
+        m2s = (planes - means.unsqueeze(2)).square().sum(2)
+        return F.merge_moments([planes.shape[2]] * n, means, m2s)[1:]
+    rows = rows_per_block(n, c)
+    blocks = n // rows
+    head = x[: blocks * rows].view(blocks, rows, c)
+    means = head.mean(1)
+    m2s = (head - means.unsqueeze(1)).square().sum(1)
+    if n % rows:  # the rows after the last whole block, each a block of one (mean itself, M2 0)
+        tail = x[blocks * rows :]
+        means, m2s = torch.cat([means, tail]), torch.cat([m2s, torch.zeros_like(tail)])
+    return F.merge_moments([rows] * blocks + [1] * (n % rows), means, m2s)[1:]
+
+
 def forward(x, gamma, beta, eps):
-    """The readable training-mode forward as this module compiles it: ``(out, mean, var, inv_std)``."""
-    out, cache = F.batch_norm_forward(x, gamma, beta, eps)
-    return out, cache.mean, cache.var, cache.inv_std
+    """The training-mode forward as this module compiles it: ``(out, mean, var, inv_std)``.
+
+    The readable forward's math, with the statistics from :func:`block_moments` (one sweep over
+    ``x`` where the readable kernel takes two); the output is a second sweep.
+    """
+    mean, m2 = block_moments(x)
+    var = m2 / (x.numel() // x.shape[1])
+    inv_std = torch.rsqrt(var + eps)
+    x_hat = (x - F.channel_view(mean, x)) * F.channel_view(inv_std, x)
+    return F.affine(x_hat, gamma, beta), mean, var, inv_std
 
 
 def backward(dout, x, mean, inv_std, gamma, eps):

@@ -217,6 +217,23 @@ def scale_shift(x, scale, shift):
     return torch.addcmul(channel_view(shift, x), x, channel_view(scale, x))
 
 
+def merge_moments(counts, means, m2s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge per-shard ``(count, mean, M2)`` into those of all shards together (Chan et al.).
+
+    ``counts`` has shape ``(K,)``, ``means`` and ``m2s`` shape ``(K, C)``. With ``n = sum(n_k)``:
+    ``mean = sum(n_k * mean_k) / n`` and ``M2 = sum(M2_k) + sum(n_k * (mean_k - mean)**2)``: the
+    spread within the shards plus the spread of their means. Shards with count 0 drop out.
+    Integer counts give the total ``n`` as an exact integer tensor. Nothing leaves the device.
+    """
+    counts = torch.as_tensor(counts, device=means.device)
+    n = counts.sum()
+    weight = counts.to(means.dtype)
+    weights = (weight / weight.sum().clamp_min(1)).unsqueeze(1)
+    mean = (weights * means).sum(0)
+    m2 = m2s.sum(0) + (weight.unsqueeze(1) * (means - mean).square()).sum(0)
+    return n, mean, m2
+
+
 @torch.no_grad()
 def update_running_stats(running_mean, running_var, mean, var, momentum, x) -> None:
     """PyTorch's exponential moving average, in place; ``running_var`` gets the unbiased variance."""

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .kernels import channel_view
+from .kernels import channel_view, merge_moments
 from .layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from .tuned import channel_sum, channel_sums
 
@@ -59,23 +59,6 @@ def local_moments(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     centred = x - channel_view(mean, x)
     sum_centred, m2 = channel_sums(centred, centred)
     return count, mean, m2 - sum_centred * sum_centred / count
-
-
-def merge_moments(counts, means, m2s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge per-shard ``(count, mean, M2)`` into those of all shards together (Chan et al.).
-
-    ``counts`` has shape ``(K,)``, ``means`` and ``m2s`` shape ``(K, C)``. With ``n = sum(n_k)``:
-    ``mean = sum(n_k * mean_k) / n`` and ``M2 = sum(M2_k) + sum(n_k * (mean_k - mean)**2)``: the
-    spread within the shards plus the spread of their means. Shards with count 0 drop out.
-    Integer counts give the total ``n`` as an exact integer tensor. Nothing leaves the device.
-    """
-    counts = torch.as_tensor(counts, device=means.device)
-    n = counts.sum()
-    weight = counts.to(means.dtype)
-    weights = (weight / weight.sum().clamp_min(1)).unsqueeze(1)
-    mean = (weights * means).sum(0)
-    m2 = m2s.sum(0) + (weight.unsqueeze(1) * (means - mean).square()).sum(0)
-    return n, mean, m2
 
 
 def pack_moments(count: int, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
