@@ -17,7 +17,6 @@ once per function and input shape (a second shape compiles once more, for every 
 also keeps its output on disk, so a new process reuses it.
 """
 
-import contextlib
 import functools
 import os
 import shutil
@@ -71,14 +70,16 @@ def _split_reduction(op, default):
     return decomposition
 
 
-@contextlib.contextmanager
-def _split_batch_sums():
-    """Inductor lowers ``sum``/``mean`` over dim 0 of 2D tensors with :func:`batch_sum`, meanwhile.
+def _lower_with_batch_sums(gm, example_inputs):
+    """Inductor, as ``torch.compile`` runs it, with ``sum``/``mean`` over dim 0 of 2D tensors lowered
+    by :func:`batch_sum` and the vector width of :func:`compile_kernel`: this module's backend.
 
-    The decompositions are put into Inductor's own table only while our kernels run (and so
-    compile): other compiled code is not touched. Inductor's disk cache does not see the table, so a
-    tag in the cache key tells its entries from those of the same graph lowered without them.
+    It runs only while compiling, so the compiled kernels' calls pay nothing for it. The
+    decompositions are put into Inductor's own table only meanwhile: other compiled code is not
+    touched. Inductor's disk cache does not see the table, so a tag in the cache key tells its
+    entries from those of the same graph lowered without them.
     """
+    from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
 
     table = select_decomp_table()
@@ -87,7 +88,7 @@ def _split_batch_sums():
     tag = "+".join(filter(None, [torch.compiler.config.cache_key_tag, "bncourse.batch_sum"]))
     try:
         with torch.compiler.config.patch(cache_key_tag=tag):
-            yield
+            return compile_fx(gm, example_inputs, config_patches=_vector_width())
     finally:
         for op, default in saved.items():
             if default is None:
@@ -120,22 +121,32 @@ def _available(device_type: str, cxx: str | None) -> str | None:
 
 
 def compile_kernel(fn):
-    """``torch.compile(fn)`` as this module compiles its kernels (a stated C++ vector width).
+    """``torch.compile(fn)`` with the C++ vector width stated, as this module compiles its kernels.
 
-    Compile other functions with it too where they run beside these kernels and under other
+    (Its kernels also lower sums over the batch with :func:`batch_sum`.) Compile other functions
+    with it too where they run beside these kernels and under other
     ``ATEN_CPU_CAPABILITY`` settings (the benchmark's ``torch.compile`` of PyTorch's batch norm):
     the same code, with a cache entry that cannot be mistaken for another width's.
     """
+    return torch.compile(fn, options=_vector_width())
+
+
+def _vector_width() -> dict[str, int]:
     # The vector width of the C++ code, stated: Inductor's disk cache does not tell apart code written
     # for AVX-512 from code for AVX2 (ATEN_CPU_CAPABILITY=avx2), and reusing one under the other skips
     # half the channels. A stated width is part of the cache key.
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
     isa = pick_vec_isa()
-    return torch.compile(fn, options={"cpp.simdlen": isa.bit_width() if isa else 1})
+    return {"cpp.simdlen": isa.bit_width() if isa else 1}
 
 
-_compiled = functools.cache(compile_kernel)
+def _compile_with_batch_sums(fn):
+    """``torch.compile(fn)`` on this module's backend (:func:`batch_sum` for sums over the batch)."""
+    return torch.compile(fn, backend=_lower_with_batch_sums)
+
+
+_compiled = functools.cache(_compile_with_batch_sums)
 
 
 def generated_codes(fn, *args, two_stage_sums: bool = True, grad: torch.Tensor | None = None) -> list[str]:
@@ -151,15 +162,14 @@ def generated_codes(fn, *args, two_stage_sums: bool = True, grad: torch.Tensor |
     reason = available(args[0].device)
     if reason is not None:
         raise RuntimeError(f"cannot show compiled code: {reason}")
-    compiled_fn = compile_kernel(fn)
+    compiled_fn = _compile_with_batch_sums(fn) if two_stage_sums else compile_kernel(fn)
 
     def call():
         out = compiled_fn(*args)
         if grad is not None:
             out.backward(grad)
 
-    with _split_batch_sums() if two_stage_sums else contextlib.nullcontext():
-        _, codes = run_and_get_code(call)
+    _, codes = run_and_get_code(call)
     return codes
 
 
@@ -226,15 +236,11 @@ def _warn_once(reason: str) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
-def run(kernel, eager, device, *args, sums: bool = True):
-    """``kernel(*args)`` compiled, or ``eager(*args)`` with one warning where no compiler is here.
-
-    ``sums=False`` for a kernel without reductions: it skips the batch-sum lowering and its cost.
-    """
+def run(kernel, eager, device, *args):
+    """``kernel(*args)`` compiled, or ``eager(*args)`` with one warning where no compiler is here."""
     reason = available(device)
     if reason is None:
-        with _split_batch_sums() if sums else contextlib.nullcontext():
-            return _compiled(kernel)(*args)
+        return _compiled(kernel)(*args)
     _warn_once(reason)
     return eager(*args)
 
@@ -281,6 +287,6 @@ def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
     """
     if x.dim() > 2:
         args = (x, running_mean, running_var, weight, bias, eps)
-        return run(F.batch_norm_eval, F.batch_norm_eval, x.device, *args, sums=False)
+        return run(F.batch_norm_eval, F.batch_norm_eval, x.device, *args)
     scale, shift = F.eval_scale_shift(running_mean, running_var, weight, bias, eps)
-    return run(F.scale_shift, F.scale_shift, x.device, x, scale, shift, sums=False)
+    return run(F.scale_shift, F.scale_shift, x.device, x, scale, shift)
