@@ -3,7 +3,7 @@
 #                      (Chinese), executing every notebook whose code, or the package, changed
 #                      since the last build (Jupyter Book's cache)
 #   make test          lint, unit tests, every notebook under nbval, the book built with warnings as
-#                      errors, the built book in a browser (about 9 minutes on 2 cores)
+#                      errors, the built book in a browser (9 to 10 minutes on 2 cores)
 #   make test-instructor   nbgrader's round trip over the chapters and the student book, both
 #                      languages (CI runs it after `test`)
 #   make screenshots   the browser test, saving every page at 1280 and 390 px in _build/screenshots/

@@ -2,9 +2,10 @@
 
 Inductor, PyTorch's compiler, fuses each kernel into loops over memory: C++ with OpenMP on the CPU
 (it needs a C++ compiler, ``g++`` or ``clang++``), Triton on CUDA. The functions compiled are
-:func:`bncourse.kernels.batch_norm_backward_fused` and :func:`~bncourse.kernels.scale_shift` (eval)
-themselves, and the readable forward with its statistics taken another way: the same math, the
-same two-pass variance, in fewer sweeps over memory.
+:func:`bncourse.kernels.batch_norm_backward_fused`, :func:`~bncourse.kernels.scale_shift` and
+:func:`~bncourse.kernels.batch_norm_eval` (eval) themselves, and the readable forward with its
+statistics taken another way: the same math, the same two-pass variance, in fewer sweeps over
+memory.
 
 Two things change. *How a sum runs*: Inductor's loop for the per-channel sum of an ``(N, C)`` tensor
 over dim 0 walks down the columns, 16 channels at a time, sweeping the whole tensor ``C / 16`` times
