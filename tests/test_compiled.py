@@ -61,7 +61,15 @@ def test_without_a_compiler_it_warns_and_runs_the_eager_kernels(monkeypatch):
     torch.testing.assert_close(out, bn.functional.batch_norm(x, None, None, training=True))
 
 
-def test_compiled_train_and_eval_match_torch(device):
+@pytest.fixture(params=["streaming", "inductor"])
+def path(request, monkeypatch):
+    """Float32 batches on the CPU run on bncourse.streaming's loops; "inductor" turns those off."""
+    if request.param == "inductor":
+        monkeypatch.setattr(compiled, "streams", lambda *tensors: False)
+    return request.param
+
+
+def test_compiled_train_and_eval_match_torch(device, path):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(SHAPE, generator=g) * 3 + 2).to(device)
     dout = torch.randn(SHAPE, generator=g).to(device)
@@ -81,8 +89,8 @@ def test_compiled_train_and_eval_match_torch(device):
 
 
 @pytest.mark.parametrize("affine", [True, False])
-def test_compiled_eval_with_spatial_dims_matches_torch(affine):
-    # (N, C, H, W) takes the other eval kernel: scale and shift computed inside it
+def test_compiled_eval_with_spatial_dims_matches_torch(affine, path):
+    # (N, C, H, W) takes the other eval kernel (Inductor's): scale and shift computed inside it
     g = torch.Generator().manual_seed(2)
     x = torch.randn(4, 3, 5, 6, generator=g) * 3 + 2
     stats = [torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5]
@@ -92,7 +100,20 @@ def test_compiled_eval_with_spatial_dims_matches_torch(affine):
                                **tolerances(torch.float32))
 
 
-def test_compiled_float32_variance_is_accurate_with_a_large_offset():
+def test_float32_batches_on_the_cpu_run_on_the_streaming_loops(monkeypatch):
+    calls = []
+    for name in ("channel_sums", "channel_affine"):
+        loop = getattr(compiled.S, name)
+        monkeypatch.setattr(compiled.S, name, lambda *a, _loop=loop, _name=name, **k: (
+            calls.append(_name), _loop(*a, **k))[1])
+    x = torch.randn(64, 8, requires_grad=True)
+    bn.functional.batch_norm(x, torch.zeros(8), torch.ones(8), training=True, compiled=True).sum().backward()
+    assert calls == ["channel_sums", "channel_affine"] * 2  # the forward's, then the backward's
+    assert compiled.streams(x) and not compiled.streams(x.double()) and not compiled.streams(x.t())
+    assert not compiled.streams(x, torch.ones(8, dtype=torch.float64))
+
+
+def test_compiled_float32_variance_is_accurate_with_a_large_offset(path):
     g = torch.Generator().manual_seed(1)
     x64 = torch.randn(SHAPE, generator=g, dtype=torch.float64) + 1e4
     layer = bn.nn.BatchNorm1d(SHAPE[1], momentum=1.0, compiled=True)

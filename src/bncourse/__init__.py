@@ -4,7 +4,8 @@ Three parts, each importing only the ones before it:
 
 * **the library** (this folder): what batch normalization is, usable outside the course.
   ``kernels`` (the readable kernels), ``tuned`` (the same math, fewer passes over memory),
-  ``autograd``, ``compiled`` (``torch.compile``), ``functional`` (``batch_norm`` with torch's
+  ``autograd``, ``compiled`` (``torch.compile``), ``streaming`` (two loops in C++ for the CPU),
+  ``functional`` (``batch_norm`` with torch's
   signature), ``layers`` and ``nn`` (drop-ins for torch's modules), ``sync``, ``smallbatch``, ``fold``.
 * **the laboratory** (``lab/``): what the chapters measure with: devices and seeds, data, models,
   the trainer that trains many seeds at once, plots, and one module per chapter topic.
@@ -19,7 +20,7 @@ once), ``bn.setup``, ``bn.seed_everything`` and ``bn.generator`` set the seeds (
 
 import importlib
 
-from . import autograd, compiled, fold, functional, kernels, layers, nn, smallbatch, sync, tuned
+from . import autograd, compiled, fold, functional, kernels, layers, nn, smallbatch, streaming, sync, tuned
 from .lab import (
     benefits,
     convnets,

@@ -16,6 +16,12 @@ rows first, whose sweeps stay in cache, then the blocks; it replaces ``sum``/``m
 (:func:`block_moments`), so its statistics read ``x`` once. Compiling takes seconds to a minute,
 once per function and input shape (a second shape compiles once more, for every size); Inductor
 also keeps its output on disk, so a new process reuses it.
+
+Float32 batches on the CPU run elsewhere (:func:`streams`): an ``(N, C)`` batch trains on the two
+loops of :mod:`bncourse.streaming`, written in C++ by hand (:func:`forward_rows`,
+:func:`backward_rows`), and every such batch evaluates on its affine map. Inductor's per-channel
+sum of an ``(N, C)`` batch still walks down columns, blocks or not; the hand-written loop streams
+the rows, and its writes skip the cache. Measured with ``python -m bncourse.lab.bench``.
 """
 
 import functools
@@ -27,10 +33,12 @@ import warnings
 import torch
 
 from . import kernels as F
+from . import streaming as S
 from .tuned import batch_norm_backward_fused, batch_norm_forward
 
-__all__ = ["available", "backward", "batch_norm_eval", "batch_norm_train", "batch_sum", "block_moments",
-           "block_rows", "compile_kernel", "forward", "generated_code", "generated_codes", "rows_per_block"]
+__all__ = ["available", "backward", "backward_rows", "batch_norm_eval", "batch_norm_train", "batch_sum",
+           "block_moments", "block_rows", "compile_kernel", "forward", "forward_rows", "generated_code",
+           "generated_codes", "rows_per_block", "streams"]
 
 aten = torch.ops.aten
 BLOCK_ELEMENTS = 1 << 14  # a block of rows of batch_sum: 64 KiB of float32, which stays in cache
@@ -212,6 +220,48 @@ def _block_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.merge_moments([rows] * blocks + [1] * (n % rows), means, m2s)[1:]
 
 
+def streams(x: torch.Tensor, *channel_vectors: torch.Tensor | None) -> bool:
+    """Whether :mod:`bncourse.streaming`'s loops run batch norm on ``x``: float32 on the CPU, contiguous.
+
+    ``channel_vectors`` (weight, bias, running statistics; ``None`` for absent) must be float32 too.
+    """
+    vectors = [v for v in channel_vectors if v is not None]
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+            and all(v.device.type == "cpu" and v.dtype == torch.float32 for v in vectors)
+            and available("cpu") is None)
+
+
+def forward_rows(x, gamma, beta, eps):
+    """The training-mode forward of an ``(N, C)`` batch on :mod:`bncourse.streaming`'s loops.
+
+    One sweep over ``x`` for the statistics: sums of ``x - x[0]`` and of its square, row by row,
+    whose difference is the variance's (shifted by the first row, as :func:`block_moments` is);
+    one sweep for the output, written with non-temporal stores. ``(out, mean, var, inv_std)``.
+    """
+    n, shift = x.shape[0], x[0]
+    s1, s2 = S.channel_sums(x, x, shift, shift)  # sum(x - shift), sum((x - shift)**2), in float64
+    mean = (shift + s1 / n).float()
+    var = ((s2 - s1 * s1 / n).clamp_min(0) / n).float()
+    scale, offset = F.eval_scale_shift(mean, var, gamma, beta, eps)
+    return S.channel_affine(x, scale, offset), mean, var, torch.rsqrt(var + eps)
+
+
+def backward_rows(dout, x, mean, inv_std, gamma):
+    """The closed-form backward of an ``(N, C)`` batch on :mod:`bncourse.streaming`'s loops.
+
+    One sweep over ``dout`` and ``x`` for ``dbeta = sum(dout)`` and ``sum(dout * (x - mean))``, one
+    for ``dx = k * (dout - dbeta / N - x_hat * dgamma / N)`` with ``k = gamma * inv_std``, written
+    as ``k * dout + p * (x - mean) + q``. ``(dx, dgamma, dbeta)``.
+    """
+    n = x.shape[0]
+    sum_dout, sum_dout_centered = S.channel_sums(dout, x, torch.zeros_like(mean), mean)
+    dbeta, dgamma = sum_dout.float(), sum_dout_centered.float() * inv_std
+    k = inv_std if gamma is None else gamma * inv_std
+    p = -k * inv_std * dgamma / n
+    dx = S.channel_affine(dout, k, -k * dbeta / n, v=x, b=p, m=mean)
+    return dx, dgamma, dbeta
+
+
 def forward(x, gamma, beta, eps):
     """The training-mode forward as this module compiles it: ``(out, mean, var, inv_std)``.
 
@@ -255,7 +305,10 @@ class BatchNormCompiledFunction(torch.autograd.Function):
             out, cache = batch_norm_forward(x, weight, bias, eps)
             return out, cache.mean, cache.var, cache.inv_std
 
-        out, mean, var, inv_std = run(forward, eager, x.device, x, weight, bias, eps)
+        if x.dim() == 2 and streams(x, weight, bias):
+            out, mean, var, inv_std = forward_rows(x, weight, bias, eps)
+        else:
+            out, mean, var, inv_std = run(forward, eager, x.device, x, weight, bias, eps)
         ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.eps = eps
         ctx.mark_non_differentiable(mean, var)
@@ -268,8 +321,11 @@ class BatchNormCompiledFunction(torch.autograd.Function):
             return batch_norm_backward_fused(dout, F.BatchNormCache(x, mean, None, inv_std, weight, eps))
 
         x, mean, inv_std, weight = ctx.saved_tensors
-        dx, dgamma, dbeta = run(backward, eager, x.device, dout.contiguous(), x, mean, inv_std, weight,
-                                ctx.eps)
+        dout = dout.contiguous()
+        if x.dim() == 2 and streams(dout, weight):
+            dx, dgamma, dbeta = backward_rows(dout, x, mean, inv_std, weight)
+        else:
+            dx, dgamma, dbeta = run(backward, eager, x.device, dout, x, mean, inv_std, weight, ctx.eps)
         need_x, need_weight, need_bias, _ = ctx.needs_input_grad
         return dx if need_x else None, dgamma if need_weight else None, dbeta if need_bias else None, None
 
@@ -282,10 +338,13 @@ def batch_norm_train(x, weight, bias, eps):
 def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
     """:func:`bncourse.functional.batch_norm_eval` with its one pass over ``x`` compiled.
 
-    For ``(N, C)`` the per-channel scale and shift are computed first, eagerly: inside the kernel
+    Float32 on the CPU (:func:`streams`), the pass is :func:`bncourse.streaming.channel_affine`.
+    Elsewhere, for ``(N, C)`` the per-channel scale and shift are computed first, eagerly: inside the kernel
     they would be recomputed for every row. With spatial dims a channel's scale and shift serve a
     whole plane, so the kernel computes them itself and the separate small launches are saved.
     """
+    if streams(x, running_mean, running_var, weight, bias):
+        return S.channel_affine(x, *F.eval_scale_shift(running_mean, running_var, weight, bias, eps))
     if x.dim() > 2:
         args = (x, running_mean, running_var, weight, bias, eps)
         return run(F.batch_norm_eval, F.batch_norm_eval, x.device, *args)

@@ -1,0 +1,84 @@
+"""The hand-written loops of bncourse.streaming: against float64 references, on awkward shapes
+(channels that are not a whole number of vectors, rows whose start is not aligned for the
+non-temporal stores, planes of odd length), with clear errors for inputs they do not take."""
+
+import pytest
+import torch
+
+from bncourse import streaming as S
+
+pytestmark = pytest.mark.skipif(S.available() is not None, reason="no C++ compiler")
+
+
+def float64_sums(u, v, mu, mv):
+    du = u.double() - mu.double()
+    return du.sum(0), (du * (v.double() - mv.double())).sum(0)
+
+
+@pytest.mark.parametrize("shape", [(16384, 256), (130, 100), (1, 17), (5, 1), (67, 3)])
+def test_channel_sums_match_float64(shape):
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(shape, generator=g), torch.randn(shape, generator=g) * 3 + 1e4
+    mu, mv = torch.randn(shape[1], generator=g), v[0].clone()
+    for got, want in zip(S.channel_sums(u, v, mu, mv), float64_sums(u, v, mu, mv), strict=True):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+
+
+def test_channel_sums_of_a_shifted_batch_give_its_variance_far_from_zero():
+    # the variance's sums, as the forward takes them: x - x[0] and its square, with a mean of 1e4
+    x64 = torch.randn(8192, 40, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 1e4
+    x = x64.float()
+    s1, s2 = S.channel_sums(x, x, x[0], x[0])
+    var = (s2 - s1 * s1 / x.shape[0]) / x.shape[0]
+    torch.testing.assert_close(var, x.double().var(0, unbiased=False), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (33, 100), (7, 3), (3, 5, 7, 9), (2, 4, 55, 56), (4, 3, 1, 1)])
+def test_channel_affine_matches_float64(shape):
+    g = torch.Generator().manual_seed(2)
+    u, v = torch.randn(shape, generator=g), torch.randn(shape, generator=g) + 50
+    a, b, m, q = (torch.randn(shape[1], generator=g) for _ in range(4))
+    per_channel = (1, -1) + (1,) * (len(shape) - 2)
+    a64, b64, m64, q64 = (t.double().view(per_channel) for t in (a, b, m, q))
+    torch.testing.assert_close(S.channel_affine(u, a, q), (u.double() * a64 + q64).float())
+    want = u.double() * a64 + b64 * (v.double() - m64) + q64
+    torch.testing.assert_close(S.channel_affine(u, a, q, v=v, b=b, m=m), want.float())
+
+
+def test_channel_affine_keeps_infinities_where_the_second_input_is_absent():
+    u = torch.tensor([[float("inf"), -1.0], [2.0, 3.0]])
+    out = S.channel_affine(u, torch.tensor([2.0, 1.0]), torch.tensor([1.0, 0.0]))
+    assert out[0, 0] == float("inf") and out.tolist()[1] == [5.0, 3.0]
+
+
+def test_empty_batches_give_empty_results():
+    u = torch.empty(0, 4)
+    assert S.channel_affine(u, torch.ones(4), torch.zeros(4)).shape == (0, 4)
+    s1, s2 = S.channel_sums(u, u, torch.zeros(4), torch.zeros(4))
+    assert s1.tolist() == [0.0] * 4 and s2.tolist() == [0.0] * 4
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x: x.double(), "contiguous float32 tensor on the CPU, got torch.float64"),
+    (lambda x: x.t(), "not contiguous"),
+    (lambda x: x[:, :2], "not contiguous"),
+])
+def test_inputs_it_cannot_take_are_named(bad, match):
+    x, c = torch.randn(6, 4), torch.zeros(4)
+    with pytest.raises(ValueError, match=match):
+        S.channel_affine(bad(x), c, c)
+    with pytest.raises(ValueError, match=match):
+        S.channel_sums(x, bad(x), c, c) if bad(x).shape == x.shape else S.channel_sums(bad(x), bad(x), c, c)
+
+
+def test_shapes_that_do_not_fit_are_named():
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match=r"expected a of shape \(4,\), got \(3,\)"):
+        S.channel_affine(x, torch.ones(3), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"expected u as an \(N, C\) tensor"):
+        S.channel_sums(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="pass v with them"):
+        S.channel_affine(x, torch.ones(4), torch.zeros(4), b=torch.ones(4))
+    with pytest.raises(ValueError, match="one of channel_sums, channel_affine"):
+        S.source("channel_mean")
