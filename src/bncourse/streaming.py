@@ -18,20 +18,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "channel_affine", "channel_sums", "source"]
+__all__ = ["channel_affine", "channel_sums", "source"]
 
 SOURCES = Path(__file__).parent / "csrc"
 _ARGTYPES = {
     "channel_sums": ["const float*"] * 4 + ["double*"] + ["int64_t"] * 3,
     "channel_affine": ["const float*"] * 6 + ["float*"] + ["int64_t"] * 5,
 }
-
-
-def available() -> str | None:
-    """``None`` if the loops can be built here (a C++ compiler), else the reason why not."""
-    from .compiled import available as compiler_available
-
-    return compiler_available("cpu")
 
 
 def source(name: str) -> str:
