@@ -2,6 +2,10 @@
 (channels that are not a whole number of vectors, rows whose start is not aligned for the
 non-temporal stores, planes of odd length), with clear errors for inputs they do not take."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -83,3 +87,28 @@ def test_shapes_that_do_not_fit_are_named():
         S.channel_affine(x, torch.ones(4), torch.zeros(4), b=torch.ones(4))
     with pytest.raises(ValueError, match="one of channel_sums, channel_affine"):
         S.source("channel_mean")
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_the_loops_give_the_same_values_built_for_another_vector_width(capability):
+    # a fresh process: ATEN_CPU_CAPABILITY is read at start, and picks the build (scalar loops
+    # only for "default", 256-bit vectors and their non-temporal stores for "avx2")
+    code = """
+import torch
+from bncourse import streaming as S
+g = torch.Generator().manual_seed(3)
+u, v = torch.randn(37, 21, generator=g), torch.randn(37, 21, generator=g) + 7
+a, b, m, q = (torch.randn(21, generator=g) for _ in range(4))
+s1, s2 = S.channel_sums(u, v, m, q)
+d = u.double() - m.double()
+torch.testing.assert_close(s1, d.sum(0), rtol=1e-5, atol=1e-5)  # float32 within chunks
+torch.testing.assert_close(s2, (d * (v.double() - q.double())).sum(0), rtol=1e-5, atol=1e-5)
+want = u.double() * a.double() + b.double() * (v.double() - m.double()) + q.double()
+torch.testing.assert_close(S.channel_affine(u, a, q, v=v, b=b, m=m), want.float())
+planes = torch.randn(3, 21, 5, 7, generator=g)
+want = planes * a.view(1, -1, 1, 1) + q.view(1, -1, 1, 1)
+torch.testing.assert_close(S.channel_affine(planes, a, q), want)
+"""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -6,7 +6,9 @@
 // (write-allocate) and leaves the cache to the reads.
 #include <torch/csrc/inductor/cpp_prefix.h>
 
+#if INDUCTOR_USE_VECTOR_TYPES()
 using Vec = at::vec::Vectorized<float>;
+constexpr int64_t LANES = Vec::size();
 
 static inline void store(float* o, const Vec& value) {  // o aligned to a vector
 #if defined(CPU_CAPABILITY_AVX512)
@@ -23,6 +25,9 @@ static inline Vec map(const float* u, const float* v, Vec a, Vec b, Vec m, Vec q
   return TWO ? at::vec::fmadd(Vec::loadu(u), a, at::vec::fmadd(Vec::loadu(v) - m, b, q))
              : at::vec::fmadd(Vec::loadu(u), a, q);
 }
+#else  // a build without vector types (no AVX2 here, ATEN_CPU_CAPABILITY=default): scalar loops only
+constexpr int64_t LANES = 1;
+#endif
 
 template <bool TWO>
 static inline float map(float u, float v, float a, float b, float m, float q) {
@@ -31,9 +36,8 @@ static inline float map(float u, float v, float a, float b, float m, float q) {
 
 // lanes before the first address aligned to a vector, at most size
 static inline int64_t head(const float* o, int64_t size) {
-  const int64_t lanes = Vec::size();
-  const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(o) / sizeof(float)) % lanes;
-  return std::min(size, misaligned ? lanes - misaligned : 0);
+  const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(o) / sizeof(float)) % LANES;
+  return std::min(size, misaligned ? LANES - misaligned : 0);
 }
 
 template <bool TWO>
@@ -46,9 +50,11 @@ static void rows(const float* u, const float* v, const float* a, const float* b,
     float* o = out + r * c;
     int64_t j = 0;
     for (const int64_t first = head(o, c); j < first; ++j) o[j] = map<TWO>(ur[j], vr[j], a[j], b[j], m[j], q[j]);
-    for (; j + Vec::size() <= c; j += Vec::size())
+#if INDUCTOR_USE_VECTOR_TYPES()
+    for (; j + LANES <= c; j += LANES)
       store(o + j, map<TWO>(ur + j, vr + j, Vec::loadu(a + j), Vec::loadu(b + j),
                                        Vec::loadu(m + j), Vec::loadu(q + j)));
+#endif
     for (; j < c; ++j) o[j] = map<TWO>(ur[j], vr[j], a[j], b[j], m[j], q[j]);
   }
 }
@@ -62,10 +68,12 @@ static void planes(const float* u, const float* v, const float* a, const float* 
     const float* up = u + p * l;
     const float* vp = TWO ? v + p * l : up;
     float* o = out + p * l;
-    const Vec av(a[ch]), bv(b[ch]), mv(m[ch]), qv(q[ch]);
     int64_t k = 0;
     for (const int64_t first = head(o, l); k < first; ++k) o[k] = map<TWO>(up[k], vp[k], a[ch], b[ch], m[ch], q[ch]);
-    for (; k + Vec::size() <= l; k += Vec::size()) store(o + k, map<TWO>(up + k, vp + k, av, bv, mv, qv));
+#if INDUCTOR_USE_VECTOR_TYPES()
+    const Vec av(a[ch]), bv(b[ch]), mv(m[ch]), qv(q[ch]);
+    for (; k + LANES <= l; k += LANES) store(o + k, map<TWO>(up + k, vp + k, av, bv, mv, qv));
+#endif
     for (; k < l; ++k) o[k] = map<TWO>(up[k], vp[k], a[ch], b[ch], m[ch], q[ch]);
   }
 }

@@ -7,7 +7,9 @@
 // out[thread]; the caller adds the threads' rows.
 #include <torch/csrc/inductor/cpp_prefix.h>
 
+#if INDUCTOR_USE_VECTOR_TYPES()
 using Vec = at::vec::Vectorized<float>;
+#endif
 constexpr int64_t CHUNK = 64;
 
 extern "C" void kernel(const float* u, const float* v, const float* mu, const float* mv, double* out,
@@ -28,12 +30,14 @@ extern "C" void kernel(const float* u, const float* v, const float* mu, const fl
         const float* ur = u + r * c;
         const float* vr = v + r * c;
         int64_t j = 0;
+#if INDUCTOR_USE_VECTOR_TYPES()  // else (ATEN_CPU_CAPABILITY=default) the scalar loop does all
         for (; j + Vec::size() <= c; j += Vec::size()) {
           const auto du = Vec::loadu(ur + j) - Vec::loadu(mu + j);
           const auto dv = Vec::loadu(vr + j) - Vec::loadu(mv + j);
           (Vec::loadu(s1 + j) + du).store(s1 + j);
           (Vec::loadu(s2 + j) + du * dv).store(s2 + j);
         }
+#endif
         for (; j < c; ++j) {
           const float du = ur[j] - mu[j], dv = vr[j] - mv[j];
           s1[j] += du;
