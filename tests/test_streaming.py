@@ -46,9 +46,20 @@ def test_channel_affine_matches_float64(shape):
     a, b, m, q = (torch.randn(shape[1], generator=g) for _ in range(4))
     per_channel = (1, -1) + (1,) * (len(shape) - 2)
     a64, b64, m64, q64 = (t.double().view(per_channel) for t in (a, b, m, q))
-    torch.testing.assert_close(S.channel_affine(u, a, q), (u.double() * a64 + q64).float())
-    want = u.double() * a64 + b64 * (v.double() - m64) + q64
-    torch.testing.assert_close(S.channel_affine(u, a, q, v=v, b=b, m=m), want.float())
+    for stream in (False, True):  # through the cache, and past it
+        torch.testing.assert_close(S.channel_affine(u, a, q, stream=stream), (u.double() * a64 + q64).float())
+        want = u.double() * a64 + b64 * (v.double() - m64) + q64
+        torch.testing.assert_close(S.channel_affine(u, a, q, v=v, b=b, m=m, stream=stream), want.float())
+
+
+def test_outputs_too_large_for_the_cache_are_written_past_it(monkeypatch):
+    assert S.stream_bytes() >= 1 << 16  # a quarter of a last-level cache
+    seen = []
+    loop = S._loop("channel_affine")
+    monkeypatch.setattr(S, "_loop", lambda name: lambda *args: (seen.append(args[-2]), loop(*args)))
+    for rows in (S.stream_bytes() // 1024 - 1, S.stream_bytes() // 1024):  # rows of 256 floats
+        S.channel_affine(torch.ones(rows, 256), torch.ones(256), torch.zeros(256))
+    assert seen == [0, 1]
 
 
 def test_channel_affine_keeps_infinities_where_the_second_input_is_absent():
@@ -104,10 +115,12 @@ d = u.double() - m.double()
 torch.testing.assert_close(s1, d.sum(0), rtol=1e-5, atol=1e-5)  # float32 within chunks
 torch.testing.assert_close(s2, (d * (v.double() - q.double())).sum(0), rtol=1e-5, atol=1e-5)
 want = u.double() * a.double() + b.double() * (v.double() - m.double()) + q.double()
-torch.testing.assert_close(S.channel_affine(u, a, q, v=v, b=b, m=m), want.float())
+for stream in (False, True):
+    torch.testing.assert_close(S.channel_affine(u, a, q, v=v, b=b, m=m, stream=stream), want.float())
 planes = torch.randn(3, 21, 5, 7, generator=g)
 want = planes * a.view(1, -1, 1, 1) + q.view(1, -1, 1, 1)
-torch.testing.assert_close(S.channel_affine(planes, a, q), want)
+for stream in (False, True):
+    torch.testing.assert_close(S.channel_affine(planes, a, q, stream=stream), want)
 """
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
