@@ -225,10 +225,9 @@ def streams(x: torch.Tensor, *channel_vectors: torch.Tensor | None) -> bool:
 
     ``channel_vectors`` (weight, bias, running statistics; ``None`` for absent) must be float32 too.
     """
-    vectors = [v for v in channel_vectors if v is not None]
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-            and all(v.device.type == "cpu" and v.dtype == torch.float32 for v in vectors)
-            and available("cpu") is None)
+    tensors = [x, *(v for v in channel_vectors if v is not None)]
+    return (all(t.is_cpu and t.dtype == torch.float32 for t in tensors) and x.is_contiguous()
+            and _available("cpu", os.environ.get("CXX")) is None)
 
 
 def forward_rows(x, gamma, beta, eps):
@@ -240,10 +239,12 @@ def forward_rows(x, gamma, beta, eps):
     """
     n, shift = x.shape[0], x[0]
     s1, s2 = S.channel_sums(x, x, shift, shift)  # sum(x - shift), sum((x - shift)**2), in float64
-    mean = (shift + s1 / n).float()
-    var = ((s2 - s1 * s1 / n).clamp_min(0) / n).float()
+    shifted_mean = s1 / n
+    var = torch.addcmul(s2, s1, shifted_mean, value=-1).clamp_min_(0).div_(n).float()  # M2 / n
+    mean = shifted_mean.add_(shift).float()
+    inv_std = var.add(eps).rsqrt_()
     scale, offset = F.eval_scale_shift(mean, var, gamma, beta, eps)
-    return S.channel_affine(x, scale, offset), mean, var, torch.rsqrt(var + eps)
+    return S.channel_affine(x, scale, offset), mean, var, inv_std
 
 
 def backward_rows(dout, x, mean, inv_std, gamma):
@@ -257,8 +258,8 @@ def backward_rows(dout, x, mean, inv_std, gamma):
     sum_dout, sum_dout_centered = S.channel_sums(dout, x, torch.zeros_like(mean), mean)
     dbeta, dgamma = sum_dout.float(), sum_dout_centered.float() * inv_std
     k = inv_std if gamma is None else gamma * inv_std
-    p = -k * inv_std * dgamma / n
-    dx = S.channel_affine(dout, k, -k * dbeta / n, v=x, b=p, m=mean)
+    p, q = (k * inv_std).mul_(dgamma).div_(-n), (k * dbeta).div_(-n)
+    dx = S.channel_affine(dout, k, q, v=x, b=p, m=mean)
     return dx, dgamma, dbeta
 
 

@@ -208,7 +208,7 @@ def eval_scale_shift(running_mean, running_var, weight, bias, eps):
     """``(scale, shift)`` per channel: ``gamma * (x - mean) / sqrt(var + eps) + beta = scale * x + shift``."""
     inv_std = torch.rsqrt(running_var + eps)
     scale = inv_std if weight is None else weight * inv_std
-    shift = -running_mean * scale if bias is None else bias - running_mean * scale
+    shift = -running_mean * scale if bias is None else torch.addcmul(bias, running_mean, scale, value=-1)
     return scale, shift
 
 

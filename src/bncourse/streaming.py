@@ -71,8 +71,7 @@ def channel_sums(u: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, mv: torch.T
     threads = torch.get_num_threads()
     out = torch.zeros(threads, 2, c, dtype=torch.float64)
     _loop("channel_sums")(u, v, mu, mv, out, n, c, threads)
-    total = out.sum(0)
-    return total[0], total[1]
+    return out.sum(0).unbind()
 
 
 @functools.cache
