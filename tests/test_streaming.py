@@ -52,6 +52,15 @@ def test_channel_affine_matches_float64(shape):
         torch.testing.assert_close(S.channel_affine(u, a, q, v=v, b=b, m=m, stream=stream), want.float())
 
 
+def test_the_last_level_cache_is_read_from_linux_accounts(tmp_path):
+    for index, (level, size) in enumerate([("1", "32K"), ("2", "1024K"), ("3", "32768K")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(level + "\n")
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    assert S.last_level_cache_bytes(tmp_path) == 32 << 20
+    assert S.last_level_cache_bytes(tmp_path / "absent") is None
+
+
 def test_outputs_too_large_for_the_cache_are_written_past_it(monkeypatch):
     assert S.stream_bytes() >= 1 << 16  # a quarter of a last-level cache
     seen = []

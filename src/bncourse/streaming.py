@@ -15,12 +15,11 @@ are built on first use by Inductor's C++ toolchain, with the vector width it pic
 """
 
 import functools
-import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["channel_affine", "channel_sums", "source", "stream_bytes"]
+__all__ = ["channel_affine", "channel_sums", "last_level_cache_bytes", "source", "stream_bytes"]
 
 SOURCES = Path(__file__).parent / "csrc"
 _ARGTYPES = {
@@ -79,14 +78,23 @@ def stream_bytes() -> int:
     """Output size from which :func:`channel_affine` writes past the cache: a quarter of the last level.
 
     Measured beside PyTorch's kernel on a 32 MiB cache: a 4 MiB output was written faster through the
-    cache (the next reader finds it there), a 16 MiB one past it. Where the system does not tell the
-    cache's size (Linux does), 32 MiB is assumed.
+    cache (the next reader finds it there), a 16 MiB one past it. The size is Linux's account of the
+    first CPU's caches; elsewhere 32 MiB is assumed.
     """
-    try:
-        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        size = 0
-    return (size if size > 0 else 32 << 20) // 4
+    return (last_level_cache_bytes() or 32 << 20) // 4
+
+
+def last_level_cache_bytes(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """The size of the first CPU's last-level cache as Linux tells it (``None`` where it does not)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = {}
+    for index in caches.glob("index*"):
+        try:
+            level, size = (index / "level").read_text().strip(), (index / "size").read_text().strip()
+            sizes[int(level)] = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+        except (OSError, ValueError):
+            continue
+    return sizes[max(sizes)] if sizes else None
 
 
 def channel_affine(u, a, q, v=None, b=None, m=None, *, stream: bool | None = None) -> torch.Tensor:
