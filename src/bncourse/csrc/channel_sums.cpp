@@ -33,7 +33,8 @@ extern "C" void kernel(const float* u, const float* v, const float* mu, const fl
         const float* ur = u + r * c;
         const float* vr = v + r * c;
         int64_t j = 0;
-#if INDUCTOR_USE_VECTOR_TYPES()  // else (ATEN_CPU_CAPABILITY=default) the scalar loop does all
+        // a build without vector types (ATEN_CPU_CAPABILITY=default): the scalar loop only
+#if INDUCTOR_USE_VECTOR_TYPES()
         for (; j + Vec::size() <= c; j += Vec::size()) {
           const auto du = Vec::loadu(ur + j) - Vec::loadu(mu + j);
           const auto dv = Vec::loadu(vr + j) - Vec::loadu(mv + j);
