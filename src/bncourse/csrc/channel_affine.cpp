@@ -26,7 +26,7 @@ static inline Vec map(const float* u, const float* v, Vec a, Vec b, Vec m, Vec q
   return TWO ? at::vec::fmadd(Vec::loadu(u), a, at::vec::fmadd(Vec::loadu(v) - m, b, q))
              : at::vec::fmadd(Vec::loadu(u), a, q);
 }
-#else  // a build without vector types (no AVX2 here, ATEN_CPU_CAPABILITY=default): scalar loops only
+#else  // a build without vector types (a CPU without AVX2, or ATEN_CPU_CAPABILITY=default): scalars
 constexpr int64_t LANES = 1;
 #endif
 
@@ -42,15 +42,16 @@ static inline int64_t head(const float* o, int64_t size) {
 }
 
 template <bool TWO, bool STREAM>
-static void rows(const float* u, const float* v, const float* a, const float* b, const float* m, const float* q,
-                 float* out, int64_t n, int64_t c, int64_t threads) {
+static void rows(const float* u, const float* v, const float* a, const float* b, const float* m,
+                 const float* q, float* out, int64_t n, int64_t c, int64_t threads) {
 #pragma omp parallel for num_threads(threads)
   for (int64_t r = 0; r < n; ++r) {
     const float* ur = u + r * c;
     const float* vr = TWO ? v + r * c : ur;
     float* o = out + r * c;
     int64_t j = 0;
-    for (const int64_t first = head(o, c); j < first; ++j) o[j] = map<TWO>(ur[j], vr[j], a[j], b[j], m[j], q[j]);
+    for (const int64_t first = head(o, c); j < first; ++j)
+      o[j] = map<TWO>(ur[j], vr[j], a[j], b[j], m[j], q[j]);
 #if INDUCTOR_USE_VECTOR_TYPES()
     for (; j + LANES <= c; j += LANES)
       store<STREAM>(o + j, map<TWO>(ur + j, vr + j, Vec::loadu(a + j), Vec::loadu(b + j),
@@ -61,8 +62,8 @@ static void rows(const float* u, const float* v, const float* a, const float* b,
 }
 
 template <bool TWO, bool STREAM>
-static void planes(const float* u, const float* v, const float* a, const float* b, const float* m, const float* q,
-                   float* out, int64_t n, int64_t c, int64_t l, int64_t threads) {
+static void planes(const float* u, const float* v, const float* a, const float* b, const float* m,
+                   const float* q, float* out, int64_t n, int64_t c, int64_t l, int64_t threads) {
 #pragma omp parallel for num_threads(threads)
   for (int64_t p = 0; p < n * c; ++p) {
     const int64_t ch = p % c;
@@ -70,7 +71,8 @@ static void planes(const float* u, const float* v, const float* a, const float* 
     const float* vp = TWO ? v + p * l : up;
     float* o = out + p * l;
     int64_t k = 0;
-    for (const int64_t first = head(o, l); k < first; ++k) o[k] = map<TWO>(up[k], vp[k], a[ch], b[ch], m[ch], q[ch]);
+    for (const int64_t first = head(o, l); k < first; ++k)
+      o[k] = map<TWO>(up[k], vp[k], a[ch], b[ch], m[ch], q[ch]);
 #if INDUCTOR_USE_VECTOR_TYPES()
     const Vec av(a[ch]), bv(b[ch]), mv(m[ch]), qv(q[ch]);
     for (; k + LANES <= l; k += LANES) store<STREAM>(o + k, map<TWO>(up + k, vp + k, av, bv, mv, qv));
@@ -80,8 +82,8 @@ static void planes(const float* u, const float* v, const float* a, const float* 
 }
 
 template <bool TWO, bool STREAM>
-static void run(const float* u, const float* v, const float* a, const float* b, const float* m, const float* q,
-                float* out, int64_t n, int64_t c, int64_t l, int64_t threads) {
+static void run(const float* u, const float* v, const float* a, const float* b, const float* m,
+                const float* q, float* out, int64_t n, int64_t c, int64_t l, int64_t threads) {
   if (l == 1)
     rows<TWO, STREAM>(u, v, a, b, m, q, out, n, c, threads);
   else
@@ -89,8 +91,8 @@ static void run(const float* u, const float* v, const float* a, const float* b, 
 }
 
 extern "C" void kernel(const float* u, const float* v, const float* a, const float* b, const float* m,
-                       const float* q, float* out, int64_t n, int64_t c, int64_t l, int64_t two, int64_t stream,
-                       int64_t threads) {
+                       const float* q, float* out, int64_t n, int64_t c, int64_t l, int64_t two,
+                       int64_t stream, int64_t threads) {
   if (two)
     stream ? run<true, true>(u, v, a, b, m, q, out, n, c, l, threads)
            : run<true, false>(u, v, a, b, m, q, out, n, c, l, threads);
@@ -98,6 +100,6 @@ extern "C" void kernel(const float* u, const float* v, const float* a, const flo
     stream ? run<false, true>(u, v, a, b, m, q, out, n, c, l, threads)
            : run<false, false>(u, v, a, b, m, q, out, n, c, l, threads);
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if (stream) _mm_sfence();  // non-temporal stores are weakly ordered: make them visible before returning
+  if (stream) _mm_sfence();  // non-temporal stores are weakly ordered: made visible before returning
 #endif
 }

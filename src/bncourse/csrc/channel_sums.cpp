@@ -23,7 +23,8 @@ extern "C" void kernel(const float* u, const float* v, const float* mu, const fl
     // the chunk's sums, each starting on a cache line (a vector across two lines costs two accesses)
     const int64_t stride = (c + LINE - 1) / LINE * LINE;
     std::vector<float> chunk(2 * stride + LINE);
-    float* s1 = chunk.data() + (LINE - reinterpret_cast<uintptr_t>(chunk.data()) / sizeof(float) % LINE) % LINE;
+    const int64_t misaligned = reinterpret_cast<uintptr_t>(chunk.data()) / sizeof(float) % LINE;
+    float* s1 = chunk.data() + (LINE - misaligned) % LINE;
     float* s2 = s1 + stride;
     std::fill(total1, total1 + 2 * c, 0.0);
     const int64_t end = n * (t + 1) / team;
