@@ -5,8 +5,8 @@ Three parts, each importing only the ones before it:
 * **the library** (this folder): what batch normalization is, usable outside the course.
   ``kernels`` (the readable kernels), ``tuned`` (the same math, fewer passes over memory),
   ``autograd``, ``compiled`` (``torch.compile``), ``streaming`` (two loops in C++ for the CPU),
-  ``functional`` (``batch_norm`` with torch's
-  signature), ``layers`` and ``nn`` (drop-ins for torch's modules), ``sync``, ``smallbatch``, ``fold``.
+  ``functional`` (``batch_norm`` with torch's signature), ``layers`` and ``nn`` (drop-ins for
+  torch's modules), ``sync``, ``smallbatch``, ``fold``.
 * **the laboratory** (``lab/``): what the chapters measure with: devices and seeds, data, models,
   the trainer that trains many seeds at once, plots, and one module per chapter topic.
 * **the teaching tools** (``teach/``): the exercise checks, the instructor's side, the book's

@@ -21,7 +21,8 @@ Float32 batches on the CPU run elsewhere (:func:`streams`): an ``(N, C)`` batch 
 loops of :mod:`bncourse.streaming`, written in C++ by hand (:func:`forward_rows`,
 :func:`backward_rows`), and every such batch evaluates on its affine map. Inductor's per-channel
 sum of an ``(N, C)`` batch still walks down columns, blocks or not; the hand-written loop streams
-the rows, and its writes skip the cache. Measured with ``python -m bncourse.lab.bench``.
+the rows, and large outputs are written past the cache. Measured with
+``python -m bncourse.lab.bench``.
 """
 
 import functools
@@ -235,7 +236,8 @@ def forward_rows(x, gamma, beta, eps):
 
     One sweep over ``x`` for the statistics: sums of ``x - x[0]`` and of its square, row by row,
     whose difference is the variance's (shifted by the first row, as :func:`block_moments` is);
-    one sweep for the output, written with non-temporal stores. ``(out, mean, var, inv_std)``.
+    one sweep for the output (:func:`bncourse.streaming.channel_affine`). ``(out, mean, var,
+    inv_std)``.
     """
     n, shift = x.shape[0], x[0]
     s1, s2 = S.channel_sums(x, x, shift, shift)  # sum(x - shift), sum((x - shift)**2), in float64
@@ -340,9 +342,10 @@ def batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
     """:func:`bncourse.functional.batch_norm_eval` with its one pass over ``x`` compiled.
 
     Float32 on the CPU (:func:`streams`), the pass is :func:`bncourse.streaming.channel_affine`.
-    Elsewhere, for ``(N, C)`` the per-channel scale and shift are computed first, eagerly: inside the kernel
-    they would be recomputed for every row. With spatial dims a channel's scale and shift serve a
-    whole plane, so the kernel computes them itself and the separate small launches are saved.
+    Elsewhere, for ``(N, C)`` the per-channel scale and shift are computed first, eagerly: inside
+    the kernel they would be recomputed for every row. With spatial dims a channel's scale and shift
+    serve a whole plane, so the kernel computes them itself and the separate small launches are
+    saved.
     """
     if streams(x, running_mean, running_var, weight, bias):
         return S.channel_affine(x, *F.eval_scale_shift(running_mean, running_var, weight, bias, eps))

@@ -6,8 +6,8 @@
   order into accumulators of one row's size, as ATen's batch norm does.
 * :func:`channel_affine`: a per-channel affine map of one or two tensors (the output of batch norm,
   its ``dx``). An output too large to stay in the cache is written with non-temporal stores: it is
-  not read into the cache before it is written (write-allocate), a third of the traffic of a map
-  that reads one tensor.
+  not read into the cache before it is written (write-allocate), which saves a third of the
+  traffic of a map that reads one tensor.
 
 The batch norm math stays in Python (:mod:`bncourse.compiled`); these are loops over memory. They
 are built on first use by Inductor's C++ toolchain, with the vector width it picks
