@@ -12,6 +12,7 @@ def test_benchmark_prints_its_runs_and_worst_ratio_last(capsys, monkeypatch):
     worst = bench.run(quick=True, device=torch.device("cpu"), runs=2, memory=False)
     out = capsys.readouterr().out
     assert "2 runs" in out and "train fwd+bwd" in out and "eval" in out and "min - max" in out
+    assert out.count("faults") >= 2  # a column of page faults per call in each table
     for name in bench.CONTENDERS:
         assert out.count(f"  {name} ") >= 2, name  # a row in each mode's table
     lines = out.strip().splitlines()

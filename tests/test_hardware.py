@@ -26,6 +26,14 @@ def test_the_roof_is_measured_beside_the_kernels():
         hardware.time_with_roof({"copy": print, "matmul 8": print}, x, reps=1, matmul=(8,))
 
 
+def test_settle_calls_each_function_untimed_before_each_timed_call():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    samples = hardware.time_samples(fns, reps=2, warmup=1, settle=1)
+    assert {name: len(ts) for name, ts in samples.items()} == {"a": 2, "b": 2}
+    assert calls == ["a", "a", "b", "b"] * 3  # a function follows itself, never the other
+
+
 def test_a_mix_pairs_reads_with_writes_at_the_copys_rate():
     # best seconds per tensor: read 1, write 2, copy (one read and one write) 2.5
     roof = hardware.Roof(10**9, {"read: sum": [1.5, 1.0], "read: amax": [1.2, 1.1],

@@ -4,7 +4,8 @@
 // accumulators that stay in L1 (as ATen's batch norm does), so the hardware prefetcher sees one
 // sequential stream per thread. Rows are summed in float in chunks of 64, the chunks in double:
 // the rounding error grows with the chunk, not with n. Each thread writes its (2, c) doubles to
-// out[thread]; the caller adds the threads' rows.
+// out[thread]; the caller adds the threads' rows. The sums of squares (u is v, mu is mv: the
+// forward's variance) read and subtract once.
 #include <torch/csrc/inductor/cpp_prefix.h>
 
 #if INDUCTOR_USE_VECTOR_TYPES()
@@ -13,8 +14,9 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t CHUNK = 64;
 constexpr int64_t LINE = 64 / sizeof(float);  // floats in a cache line
 
-extern "C" void kernel(const float* u, const float* v, const float* mu, const float* mv, double* out,
-                       int64_t n, int64_t c, int64_t threads) {
+template <bool SQUARES>
+static void sums(const float* u, const float* v, const float* mu, const float* mv, double* out, int64_t n,
+                 int64_t c, int64_t threads) {
 #pragma omp parallel num_threads(threads)
   {
     const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
@@ -38,13 +40,13 @@ extern "C" void kernel(const float* u, const float* v, const float* mu, const fl
 #if INDUCTOR_USE_VECTOR_TYPES()
         for (; j + Vec::size() <= c; j += Vec::size()) {
           const auto du = Vec::loadu(ur + j) - Vec::loadu(mu + j);
-          const auto dv = Vec::loadu(vr + j) - Vec::loadu(mv + j);
+          const auto dv = SQUARES ? du : Vec::loadu(vr + j) - Vec::loadu(mv + j);
           (Vec::loadu(s1 + j) + du).store(s1 + j);
           (Vec::loadu(s2 + j) + du * dv).store(s2 + j);
         }
 #endif
         for (; j < c; ++j) {
-          const float du = ur[j] - mu[j], dv = vr[j] - mv[j];
+          const float du = ur[j] - mu[j], dv = SQUARES ? du : vr[j] - mv[j];
           s1[j] += du;
           s2[j] += du * dv;
         }
@@ -55,4 +57,12 @@ extern "C" void kernel(const float* u, const float* v, const float* mu, const fl
       }
     }
   }
+}
+
+extern "C" void kernel(const float* u, const float* v, const float* mu, const float* mv, double* out,
+                       int64_t n, int64_t c, int64_t threads) {
+  if (u == v && mu == mv)
+    sums<true>(u, v, mu, mv, out, n, c, threads);
+  else
+    sums<false>(u, v, mu, mv, out, n, c, threads);
 }

@@ -13,7 +13,13 @@ cache), are timed apart.
 
 A run times every contender interleaved with the roof's streams (a read, a write and a copy of a
 tensor of the input's size: :func:`~bncourse.lab.hardware.time_with_roof`), each the median of its
-repetitions.
+repetitions. Each timed call follows an untimed call of the same function, so that it finds the
+caches as it leaves them: not holding the previous contender's output, whose dirty lines the next
+one would pay to write back. The command keeps freed memory for reuse
+(:func:`~bncourse.lab.hardware.reuse_freed_memory`), as a GPU's caching allocator does: otherwise
+glibc maps each large output anew and how many calls page-fault depends on the heap's layout in that
+process, which swings a contender's time by more than the kernels differ. Each case reports the page
+faults per call of every contender (``--fresh-pages`` leaves glibc's default).
 The bench makes several runs, one after another, and reports for each contender the median over
 the runs with their minimum and maximum; the ratios to PyTorch and to ``torch.compile`` are taken
 between those medians. The bound of a mode is the fewest seconds in which the tensors it must move
@@ -40,7 +46,15 @@ import torch.nn.functional as TF
 from .. import compiled as C
 from .. import functional as F
 from .device import default_device, generator
-from .hardware import MIXES, first_call, readable_batch_norm, sync, time_with_roof
+from .hardware import (
+    MIXES,
+    first_call,
+    page_faults,
+    readable_batch_norm,
+    reuse_freed_memory,
+    sync,
+    time_with_roof,
+)
 
 SHAPES = [(16384, 256), (32, 64, 56, 56)]
 CONTENDERS = ("torch", "torch.compile", "ours eager", "ours compiled")
@@ -105,7 +119,13 @@ def measure(inputs, mode, names=CONTENDERS, reps=30):
     """One run: ``names`` in ``mode`` on ``inputs``, interleaved with the roof's streams."""
     step = MODES[mode]
     fns = {name: functools.partial(step, contender(name), inputs) for name in names}
-    return time_with_roof(fns, inputs["x"], reps=reps)
+    return time_with_roof(fns, inputs["x"], reps=reps, settle=1)
+
+
+def faults_per_call(inputs, mode, names=CONTENDERS):
+    """Page faults per call of each of ``names`` in ``mode`` (:func:`~bncourse.lab.hardware.page_faults`)."""
+    step = MODES[mode]
+    return {name: page_faults(functools.partial(step, contender(name), inputs), reps=5) for name in names}
 
 
 def peak_memory(impl, shape, device):
@@ -176,7 +196,7 @@ def _shape(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def print_summary(shape, mode, s, nbytes):
+def print_summary(shape, mode, s, nbytes, faults):
     reads, writes = MIXES[mode]
     roof = s["roof"]
     print(f"{_shape(shape)} {mode}: reads {reads} and writes {writes} tensors of "
@@ -184,14 +204,14 @@ def print_summary(shape, mode, s, nbytes):
     print(f"  bound {s['bound'] * 1e3:.3f} ms: roof {max(roof):.1f} GB/s, its best per run "
           f"{min(roof):.1f} to {max(roof):.1f} GB/s")
     print(f"  {'contender':<14} {'median ms':>9} {'min - max over runs':>21} {'of bound':>8} "
-          f"{'vs torch':>8} {'vs torch.compile':>16}")
+          f"{'vs torch':>8} {'vs torch.compile':>16} {'faults':>6}")
     med = s["median"]
     for name in med:
         spread = f"{s['min'][name] * 1e3:.3f} - {s['max'][name] * 1e3:.3f}"
         peer = f"{med[name] / med['torch.compile']:.2f}" if "torch.compile" in med else "-"
         flag = "  above its bound!" if s["share"][name] > 1 else ""
         print(f"  {name:<14} {med[name] * 1e3:>9.3f} {spread:>21} {s['share'][name]:>8.0%} "
-              f"{med[name] / med['torch']:>8.2f} {peer:>16}{flag}")
+              f"{med[name] / med['torch']:>8.2f} {peer:>16} {faults[name]:>6.0f}{flag}")
 
 
 def run(quick: bool = False, device=None, runs: int = 5, memory: bool = True) -> float:
@@ -226,13 +246,14 @@ def run(quick: bool = False, device=None, runs: int = 5, memory: bool = True) ->
     worst, worst_peer = 0.0, 0.0
     for (shape, mode), ts in timings.items():
         s = summarize(ts, mode)
-        print_summary(shape, mode, s, ts[0].roof.nbytes)
+        print_summary(shape, mode, s, ts[0].roof.nbytes, faults_per_call(inputs[shape], mode, names))
         print()
         worst = max(worst, s["median"][OURS] / s["median"]["torch"])
         if "torch.compile" in s["median"]:
             worst_peer = max(worst_peer, s["median"][OURS] / s["median"]["torch.compile"])
     print("(of bound: the bound's time over the median time; the bound reads and writes what the")
-    print(" mode must move at least, at the best rate this machine's streams reached beside it)")
+    print(" mode must move at least, at the best rate this machine's streams reached beside it;")
+    print(" faults: page faults per call, each a page of memory the OS hands out and zeroes)")
     print()
     if memory:
         print("peak memory of one train forward+backward, above the inputs (in input-sized tensors):")
@@ -252,7 +273,12 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs, one after another (default 5)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory table")
     parser.add_argument("--device", help="device to run on (default: bncourse.default_device())")
+    parser.add_argument("--fresh-pages", action="store_true",
+                        help="leave glibc's default, which maps large blocks anew (their faults timed)")
     args = parser.parse_args(argv)
+    if not args.fresh_pages and reuse_freed_memory():
+        print("freed memory kept for reuse (bncourse.lab.hardware.reuse_freed_memory), as a GPU's "
+              "caching allocator keeps it")
     run(args.quick, torch.device(args.device) if args.device else None, args.runs, not args.no_memory)
 
 

@@ -64,13 +64,20 @@ def sync(device: torch.device) -> None:
 
 
 def time_samples(fns: dict[str, Callable[[], object]], reps: int = 20, warmup: int = 3,
-                 device: torch.device | str = "cpu") -> dict[str, list[float]]:
+                 device: torch.device | str = "cpu", settle: int = 0) -> dict[str, list[float]]:
     """Seconds of every timed call of each function, the functions called in turn ``warmup + reps``
-    times (the first ``warmup`` rounds are not kept)."""
+    times (the first ``warmup`` rounds are not kept).
+
+    With ``settle=k``, each timed call follows ``k`` untimed calls of the same function: it finds the
+    caches as that function leaves them, not holding the previous function's data and its dirty lines
+    to write back (as a loop repeating one call, ``torch.utils.benchmark``'s, times it).
+    """
     device = torch.device(device)
     times = {name: [] for name in fns}
     for i in range(warmup + reps):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
             sync(device)
             start = time.perf_counter()
             fn()
@@ -177,7 +184,7 @@ def _matmul(n: int, device: torch.device) -> Callable[[], object]:
 
 
 def time_with_roof(fns: dict[str, Callable[[], object]], x: torch.Tensor, reps: int = 20,
-                   warmup: int = 3, matmul: Sequence[int] = ()) -> Timing:
+                   warmup: int = 3, matmul: Sequence[int] = (), settle: int = 0) -> Timing:
     """Time ``fns`` interleaved with the roof's streams over ``x``.
 
     With ``matmul=(n, ...)``, ``n x n`` float32 matrix products (the friendliest arithmetic there
@@ -189,7 +196,7 @@ def time_with_roof(fns: dict[str, Callable[[], object]], x: torch.Tensor, reps: 
     if clash:
         raise ValueError(f"names {clash} are the roof's own; name the kernels otherwise")
     timed = {**fns, **streams, **{name: fn for name, (_, fn) in products.items()}}
-    samples = time_samples(timed, reps, warmup, x.device)
+    samples = time_samples(timed, reps, warmup, x.device, settle)
     roof = Roof(x.numel() * x.element_size(), {k: samples.pop(k) for k in streams})
     matmul_gflops = {n: 2 * n**3 / min(samples.pop(name)) / 1e9 for name, (n, _) in products.items()}
     return Timing({k: statistics.median(v) for k, v in samples.items()}, samples, roof, matmul_gflops)
