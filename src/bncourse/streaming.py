@@ -47,10 +47,10 @@ def _loop(name: str):
 def _check(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"expected {name} to be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
+    if not t.is_cpu or t.dtype != torch.float32 or not t.is_contiguous():
         raise ValueError(f"expected {name} as a contiguous float32 tensor on the CPU, got "
                          f"{t.dtype} on {t.device}{'' if t.is_contiguous() else ', not contiguous'}")
-    if tuple(t.shape) != shape:
+    if t.shape != shape:
         raise ValueError(f"expected {name} of shape {shape}, got {tuple(t.shape)}")
 
 
@@ -67,10 +67,9 @@ def channel_sums(u: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, mv: torch.T
     _check(v, "v", (n, c))
     _check(mu, "mu", (c,))
     _check(mv, "mv", (c,))
-    threads = torch.get_num_threads()
-    out = torch.zeros(threads, 2, c, dtype=torch.float64)
-    _loop("channel_sums")(u, v, mu, mv, out, n, c, threads)
-    return out.sum(0).unbind()
+    out = torch.empty(2, c, dtype=torch.float64)
+    _loop("channel_sums")(u, v, mu, mv, out, n, c, torch.get_num_threads())
+    return out[0], out[1]
 
 
 @functools.cache

@@ -3,8 +3,7 @@
 // Each thread streams its share of the rows from memory in order, adding every row into c-wide
 // accumulators that stay in L1 (as ATen's batch norm does), so the hardware prefetcher sees one
 // sequential stream per thread. Rows are summed in float in chunks of 64, the chunks in double:
-// the rounding error grows with the chunk, not with n. Each thread writes its (2, c) doubles to
-// out[thread]; the caller adds the threads' rows. The sums of squares (u is v, mu is mv: the
+// the rounding error grows with the chunk, not with n. The threads' sums are added into out: s1, then s2. The sums of squares (u is v, mu is mv: the
 // forward's variance) read and subtract once.
 #include <torch/csrc/inductor/cpp_prefix.h>
 
@@ -17,10 +16,11 @@ constexpr int64_t LINE = 64 / sizeof(float);  // floats in a cache line
 template <bool SQUARES>
 static void sums(const float* u, const float* v, const float* mu, const float* mv, double* out, int64_t n,
                  int64_t c, int64_t threads) {
+  std::vector<double> partial(2 * c * threads, 0.0);  // each thread's (s1, s2)
 #pragma omp parallel num_threads(threads)
   {
     const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
-    double* total1 = out + 2 * c * t;
+    double* total1 = partial.data() + 2 * c * t;
     double* total2 = total1 + c;
     // the chunk's sums, each starting on a cache line (a vector across two lines costs two accesses)
     const int64_t stride = (c + LINE - 1) / LINE * LINE;
@@ -28,7 +28,6 @@ static void sums(const float* u, const float* v, const float* mu, const float* m
     const int64_t misaligned = reinterpret_cast<uintptr_t>(chunk.data()) / sizeof(float) % LINE;
     float* s1 = chunk.data() + (LINE - misaligned) % LINE;
     float* s2 = s1 + stride;
-    std::fill(total1, total1 + 2 * c, 0.0);
     const int64_t end = n * (t + 1) / team;
     for (int64_t first = n * t / team; first < end; first += CHUNK) {
       std::fill(s1, s1 + 2 * stride, 0.0f);
@@ -55,6 +54,13 @@ static void sums(const float* u, const float* v, const float* mu, const float* m
         total1[j] += s1[j];
         total2[j] += s2[j];
       }
+    }
+#pragma omp barrier
+#pragma omp for
+    for (int64_t j = 0; j < 2 * c; ++j) {
+      double sum = 0.0;
+      for (int64_t k = 0; k < team; ++k) sum += partial[2 * c * k + j];
+      out[j] = sum;
     }
   }
 }
