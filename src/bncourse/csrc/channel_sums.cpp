@@ -3,8 +3,8 @@
 // Each thread streams its share of the rows from memory in order, adding every row into c-wide
 // accumulators that stay in L1 (as ATen's batch norm does), so the hardware prefetcher sees one
 // sequential stream per thread. Rows are summed in float in chunks of 64, the chunks in double:
-// the rounding error grows with the chunk, not with n. The threads' sums are added into out: s1, then s2. The sums of squares (u is v, mu is mv: the
-// forward's variance) read and subtract once.
+// the rounding error grows with the chunk, not with n. The threads' sums are added into out (s1,
+// then s2). Sums of squares (u is v and mu is mv: the forward's variance) read and subtract once.
 #include <torch/csrc/inductor/cpp_prefix.h>
 
 #if INDUCTOR_USE_VECTOR_TYPES()
