@@ -113,9 +113,17 @@ def test_describe_names_the_device_and_its_vector_code():
     assert line.startswith("device: cpu, ") and torch.backends.cpu.get_cpu_capability() in line
 
 
-def test_first_call_times_a_call_and_says_if_a_cache_served_it():
-    seconds, cached = hardware.first_call(lambda: None)
-    assert seconds >= 0 and cached is False
+def test_first_call_times_a_call_and_says_what_it_compiled():
+    from torch._dynamo.utils import counters
+
+    def graphs(miss, hit):  # what Inductor counts for each graph it compiles or loads
+        counters["inductor"]["fxgraph_cache_miss"] += miss
+        counters["inductor"]["fxgraph_cache_hit"] += hit
+
+    assert hardware.first_call(lambda: None)[1] == "nothing compiled"
+    assert hardware.first_call(lambda: graphs(0, 2))[1] == "loaded from Inductor's disk cache"
+    seconds, how = hardware.first_call(lambda: graphs(1, 1))
+    assert seconds >= 0 and how == "compiled"  # one graph compiled is a compilation
 
 
 def cpp_for(var: str, stop: int, step: int) -> str:

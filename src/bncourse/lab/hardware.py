@@ -257,8 +257,9 @@ def saved_bytes(fn: Callable[..., object], *args) -> int:
     return sum(kept.values())
 
 
-def first_call(fn: Callable[[], object]) -> tuple[float, bool]:
-    """Seconds of the first call of a compiled ``fn``, and whether Inductor's disk cache served it."""
+def first_call(fn: Callable[[], object]) -> tuple[float, str]:
+    """Seconds of the first call of a compiled ``fn``, and what it did: ``"compiled"``, ``"loaded from
+    Inductor's disk cache"``, or ``"nothing compiled"`` (no graph went through Inductor)."""
     from torch._dynamo.utils import counters
 
     hits = counters["inductor"]["fxgraph_cache_hit"]
@@ -266,8 +267,11 @@ def first_call(fn: Callable[[], object]) -> tuple[float, bool]:
     start = time.perf_counter()
     fn()
     seconds = time.perf_counter() - start
-    cached = counters["inductor"]["fxgraph_cache_hit"] > hits
-    return seconds, cached and counters["inductor"]["fxgraph_cache_miss"] == misses
+    if counters["inductor"]["fxgraph_cache_miss"] > misses:
+        return seconds, "compiled"
+    if counters["inductor"]["fxgraph_cache_hit"] > hits:
+        return seconds, "loaded from Inductor's disk cache"
+    return seconds, "nothing compiled"
 
 
 def page_faults(fn: Callable[[], object], reps: int = 10) -> float:
