@@ -309,6 +309,27 @@ def test_chinese_is_marked_as_chinese(book):
     _fail_if(found, 'Chinese terms not marked as Chinese (write <span lang="zh-Hans">...</span>)')
 
 
+EXERCISE_TITLE = re.compile(r'id="([^"]+)">\s*<p class="admonition-title"><span class="caption-number">'
+                            r'(.*?)</span>(.*?)</p>', re.S)
+SOLUTION_TITLE = re.compile(r'<p class="admonition-title">[^<]*<a class="reference internal" '
+                            r'href="#([^"]+)">(.*?)</a></p>', re.S)
+
+
+def test_solutions_quote_their_exercises_title_in_the_page_language(book):
+    found, checked = {}, 0
+    for page in sorted(book["pages"]):
+        html = (HTML / page).read_text() if page.endswith(".html") else ""
+        titles = {label: f"{number.strip()} {rest.strip()}" for label, number, rest
+                  in EXERCISE_TITLE.findall(html)}
+        for label, quoted in SOLUTION_TITLE.findall(html):
+            checked += label in titles
+            if label in titles and " ".join(quoted.split()) != " ".join(titles[label].split()):
+                found.setdefault(page, []).append(f"solution of {label} quotes {quoted.strip()!r}, "
+                                                  f"the exercise reads {titles[label]!r}")
+    assert checked >= 2, "no solution titles found: the patterns no longer match sphinx-exercise's HTML"
+    _fail_if(found, "solution titles that quote another title than their exercise's")
+
+
 def test_internal_links_resolve(book):
     origin, pages = book["origin"], book["pages"]
     found = {}

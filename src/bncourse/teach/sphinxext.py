@@ -122,8 +122,25 @@ class TranslatableExerciseTitles(SphinxTransform):
                 self.document += copy
 
 
+class TranslatedExercisesForSolutions(SphinxTransform):
+    """Give sphinx-exercise the translated exercises: a solution's title quotes its exercise's, which
+    sphinx-exercise takes from a copy it made while parsing, before the catalogs translated it."""
+
+    default_priority = 800  # after the catalogs (Locale, 20) and the curly quotes (SmartQuotes, 750)
+
+    def apply(self, **kwargs) -> None:
+        from sphinx_exercise.nodes import exercise_enumerable_node, exercise_node
+
+        registry = getattr(self.env, "sphinx_exercise_registry", {})
+        for kind in (exercise_enumerable_node, exercise_node):
+            for node in self.document.findall(kind):
+                if node.get("label") in registry:
+                    registry[node["label"]]["node"] = node.deepcopy()
+
+
 def setup(app):
     app.add_transform(TranslatableExerciseTitles)
+    app.add_transform(TranslatedExercisesForSolutions)
     app.connect("source-read", drop_markers_from_prose)
     app.connect("config-inited", use_local_mathjax)
     app.connect("builder-inited", translate_theme_from_the_book)
