@@ -303,6 +303,14 @@ def test_images_have_alt_text(book):
                     "mystnb.image.alt to a sentence saying what it shows)")
 
 
+def test_the_chinese_pages_describe_their_figures_in_chinese(book):
+    found = {p: [f"{i['name']}: alt {i['alt'][:60]!r}..." for i in log.get("images", [])
+                 if not re.search(r"[\u4e00-\u9fff]", i["alt"] or "")]
+             for p, log in book["pages"].items() if p.startswith(ZH)}
+    _fail_if(found, "figures on Chinese pages described in English (translate the alt text in "
+                    "the page's catalog: make locales)")
+
+
 def test_chinese_is_marked_as_chinese(book):
     """The page is English: unmarked Han characters get Japanese glyphs from the CJK fonts."""
     found = {p: [f"{t!r}" for t in log.get("unmarked_chinese", [])] for p, log in book["pages"].items()}

@@ -188,7 +188,8 @@ def time_with_roof(fns: dict[str, Callable[[], object]], x: torch.Tensor, reps: 
     """Time ``fns`` interleaved with the roof's streams over ``x``.
 
     With ``matmul=(n, ...)``, ``n x n`` float32 matrix products (the friendliest arithmetic there
-    is) are timed too: the arithmetic roof is the most GFLOP/s any of them reached.
+    is) are timed too: the arithmetic roof is the most GFLOP/s any of them reached. ``settle`` is
+    :func:`time_samples`'s, for the kernels and the streams alike.
     """
     streams = stream_fns(x)
     products = {f"matmul {n}": (n, _matmul(n, x.device)) for n in matmul}

@@ -9,6 +9,8 @@ the theme's words in the book's language.
   error in every page's console. The copies are made equal here, so Sphinx writes each once.
 - An exercise's title (the directive's argument) has no source in the doctree, so Sphinx neither
   extracts it for translation nor translates it; it is given one, before Sphinx's i18n transform.
+- A figure's description (its alt text) is extracted for translation through a paragraph of its own
+  (myst-nb replaces the image node before the gettext builder reads it).
 - An *investigate* exercise's answer is a markdown cell holding nbgrader's ``### BEGIN SOLUTION`` and
   ``### END SOLUTION`` lines; rendered, they are headings, which cannot sit inside a gated solution
   (the build fails). The book drops those two lines from markdown cells; nbgrader still sees them.
@@ -122,6 +124,26 @@ class TranslatableExerciseTitles(SphinxTransform):
                 self.document += copy
 
 
+class TranslatableImageDescriptions(SphinxTransform):
+    """Make each figure's description (its alt text) one line, as the catalogs hold it; for the
+    gettext builder, also a paragraph of its own: Sphinx would extract it from the image, but
+    myst-nb's post-transforms replace that image before the builder reads it. The Chinese build
+    translates the alt text on the image itself (sphinx.transforms.i18n)."""
+
+    default_priority = 15  # before sphinx.transforms.i18n.Locale (20)
+
+    def apply(self, **kwargs) -> None:
+        for image in list(self.document.findall(nodes.image)):
+            if not image.get("alt"):
+                continue
+            image["alt"] = " ".join(image["alt"].split())
+            if self.app.builder.name == "gettext":
+                copy = nodes.paragraph(image["alt"], image["alt"])
+                copy.source = image.source or self.document["source"]
+                copy.line = image.line
+                self.document += copy
+
+
 class TranslatedExercisesForSolutions(SphinxTransform):
     """Give sphinx-exercise the translated exercises: a solution's title quotes its exercise's, which
     sphinx-exercise takes from a copy it made while parsing, before the catalogs translated it."""
@@ -141,6 +163,7 @@ class TranslatedExercisesForSolutions(SphinxTransform):
 def setup(app):
     app.add_transform(TranslatableExerciseTitles)
     app.add_transform(TranslatedExercisesForSolutions)
+    app.add_transform(TranslatableImageDescriptions)
     app.connect("source-read", drop_markers_from_prose)
     app.connect("config-inited", use_local_mathjax)
     app.connect("builder-inited", translate_theme_from_the_book)
