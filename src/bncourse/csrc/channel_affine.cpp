@@ -41,53 +41,43 @@ static inline int64_t head(const float* o, int64_t size) {
   return std::min(size, misaligned ? LANES - misaligned : 0);
 }
 
-template <bool TWO, bool STREAM>
-static void rows(const float* u, const float* v, const float* a, const float* b, const float* m,
-                 const float* q, float* out, int64_t n, int64_t c, int64_t threads) {
-#pragma omp parallel for num_threads(threads)
-  for (int64_t r = 0; r < n; ++r) {
-    const float* ur = u + r * c;
-    const float* vr = TWO ? v + r * c : ur;
-    float* o = out + r * c;
-    int64_t j = 0;
-    for (const int64_t first = head(o, c); j < first; ++j)
-      o[j] = map<TWO>(ur[j], vr[j], a[j], b[j], m[j], q[j]);
+// One span of the output: len values of u (and v) at o. PER_LANE: a, b, m and q hold a value for each
+// of the span's values (a row of channels); else one value for the whole span (a plane of a channel).
+template <bool TWO, bool STREAM, bool PER_LANE>
+static inline void span(const float* __restrict__ u, const float* __restrict__ v, const float* a,
+                        const float* b, const float* m, const float* q, float* __restrict__ o, int64_t len) {
+  const auto at = [](const float* p, int64_t k) { return PER_LANE ? p[k] : p[0]; };
+  int64_t k = 0;
+  for (const int64_t first = head(o, len); k < first; ++k)
+    o[k] = map<TWO>(u[k], v[k], at(a, k), at(b, k), at(m, k), at(q, k));
 #if INDUCTOR_USE_VECTOR_TYPES()
-    for (; j + LANES <= c; j += LANES)
-      store<STREAM>(o + j, map<TWO>(ur + j, vr + j, Vec::loadu(a + j), Vec::loadu(b + j),
-                                       Vec::loadu(m + j), Vec::loadu(q + j)));
-#endif
-    for (; j < c; ++j) o[j] = map<TWO>(ur[j], vr[j], a[j], b[j], m[j], q[j]);
+  if constexpr (PER_LANE) {
+    for (; k + LANES <= len; k += LANES)
+      store<STREAM>(o + k, map<TWO>(u + k, v + k, Vec::loadu(a + k), Vec::loadu(b + k),
+                                    Vec::loadu(m + k), Vec::loadu(q + k)));
+  } else {
+    const Vec av(a[0]), bv(b[0]), mv(m[0]), qv(q[0]);
+    for (; k + LANES <= len; k += LANES) store<STREAM>(o + k, map<TWO>(u + k, v + k, av, bv, mv, qv));
   }
+#endif
+  for (; k < len; ++k) o[k] = map<TWO>(u[k], v[k], at(a, k), at(b, k), at(m, k), at(q, k));
 }
 
-template <bool TWO, bool STREAM>
-static void planes(const float* u, const float* v, const float* a, const float* b, const float* m,
-                   const float* q, float* out, int64_t n, int64_t c, int64_t l, int64_t threads) {
-#pragma omp parallel for num_threads(threads)
-  for (int64_t p = 0; p < n * c; ++p) {
-    const int64_t ch = p % c;
-    const float* up = u + p * l;
-    const float* vp = TWO ? v + p * l : up;
-    float* o = out + p * l;
-    int64_t k = 0;
-    for (const int64_t first = head(o, l); k < first; ++k)
-      o[k] = map<TWO>(up[k], vp[k], a[ch], b[ch], m[ch], q[ch]);
-#if INDUCTOR_USE_VECTOR_TYPES()
-    const Vec av(a[ch]), bv(b[ch]), mv(m[ch]), qv(q[ch]);
-    for (; k + LANES <= l; k += LANES) store<STREAM>(o + k, map<TWO>(up + k, vp + k, av, bv, mv, qv));
-#endif
-    for (; k < l; ++k) o[k] = map<TWO>(up[k], vp[k], a[ch], b[ch], m[ch], q[ch]);
-  }
-}
-
+// An (n, c, l) batch as n * c planes of l values, or (l = 1) as n rows of c channels.
 template <bool TWO, bool STREAM>
 static void run(const float* u, const float* v, const float* a, const float* b, const float* m,
                 const float* q, float* out, int64_t n, int64_t c, int64_t l, int64_t threads) {
-  if (l == 1)
-    rows<TWO, STREAM>(u, v, a, b, m, q, out, n, c, threads);
-  else
-    planes<TWO, STREAM>(u, v, a, b, m, q, out, n, c, l, threads);
+  if (l == 1) {
+#pragma omp parallel for num_threads(threads)
+    for (int64_t r = 0; r < n; ++r)
+      span<TWO, STREAM, true>(u + r * c, v + r * c, a, b, m, q, out + r * c, c);
+  } else {
+#pragma omp parallel for num_threads(threads)
+    for (int64_t p = 0; p < n * c; ++p) {
+      const int64_t ch = p % c;
+      span<TWO, STREAM, false>(u + p * l, v + p * l, a + ch, b + ch, m + ch, q + ch, out + p * l, l);
+    }
+  }
 }
 
 extern "C" void kernel(const float* u, const float* v, const float* a, const float* b, const float* m,
