@@ -11,6 +11,8 @@ the theme's words in the book's language.
   extracts it for translation nor translates it; it is given one, before Sphinx's i18n transform.
 - A figure's description (its alt text) is extracted for translation through a paragraph of its own
   (myst-nb replaces the image node before the gettext builder reads it).
+- A solution's title quotes its exercise's title, from a copy sphinx-exercise made while parsing;
+  it is handed the exercise as translated and typeset (curly quotes), so that the two agree.
 - An *investigate* exercise's answer is a markdown cell holding nbgrader's ``### BEGIN SOLUTION`` and
   ``### END SOLUTION`` lines; rendered, they are headings, which cannot sit inside a gated solution
   (the build fails). The book drops those two lines from markdown cells; nbgrader still sees them.
@@ -105,6 +107,13 @@ def drop_markers_from_prose(app, docname: str, source: list[str]) -> None:
         source[0] = json.dumps(nb)
 
 
+def _extract(document, text: str, source: str, line: int | None) -> None:
+    """For the gettext builder: ``text`` as a paragraph of ``document``, which Sphinx extracts."""
+    paragraph = nodes.paragraph(text, text)
+    paragraph.source, paragraph.line = source, line
+    document += paragraph
+
+
 class TranslatableExerciseTitles(SphinxTransform):
     """Give exercise titles a source, so that the catalogs translate them; for the gettext builder,
     also a paragraph of their own, since sphinx-exercise rebuilds the title nodes before extraction."""
@@ -119,9 +128,7 @@ class TranslatableExerciseTitles(SphinxTransform):
             node.line = node.line or node.parent.line
             node.rawsource = node.rawsource or node.astext()
             if self.app.builder.name == "gettext":
-                copy = nodes.paragraph(node.rawsource, node.rawsource)
-                copy.source, copy.line = node.source, node.line
-                self.document += copy
+                _extract(self.document, node.rawsource, node.source, node.line)
 
 
 class TranslatableImageDescriptions(SphinxTransform):
@@ -138,10 +145,7 @@ class TranslatableImageDescriptions(SphinxTransform):
                 continue
             image["alt"] = " ".join(image["alt"].split())
             if self.app.builder.name == "gettext":
-                copy = nodes.paragraph(image["alt"], image["alt"])
-                copy.source = image.source or self.document["source"]
-                copy.line = image.line
-                self.document += copy
+                _extract(self.document, image["alt"], image.source or self.document["source"], image.line)
 
 
 class TranslatedExercisesForSolutions(SphinxTransform):
