@@ -113,6 +113,24 @@ def test_float32_batches_on_the_cpu_run_on_the_streaming_loops(monkeypatch):
     assert not compiled.streams(x, torch.ones(8, dtype=torch.float64))
 
 
+def test_loops_that_do_not_build_warn_once_and_inductor_runs_instead(monkeypatch):
+    def fails(name):
+        raise RuntimeError(f"C++ compile error\n{name}.cpp: omp.h: No such file")
+
+    monkeypatch.setattr(compiled.S, "_loop", fails)
+    compiled.S.built.cache_clear()
+    compiled._warn_loops_once.cache_clear()
+    x = torch.randn(SHAPE, requires_grad=True)
+    try:
+        with pytest.warns(RuntimeWarning, match="did not build \\(RuntimeError: C\\+\\+ compile error\\)"):
+            out = bn.functional.batch_norm(x, None, None, training=True, compiled=True)
+        assert compiled.S.built() is not None and not compiled.streams(x.detach())
+    finally:
+        compiled.S.built.cache_clear()  # the loops build again for the tests after this one
+    torch.testing.assert_close(out, bn.functional.batch_norm(x, None, None, training=True),
+                               **tolerances(torch.float32))
+
+
 def test_compiled_float32_variance_is_accurate_with_a_large_offset(path):
     g = torch.Generator().manual_seed(1)
     x64 = torch.randn(SHAPE, generator=g, dtype=torch.float64) + 1e4

@@ -225,10 +225,22 @@ def streams(x: torch.Tensor, *channel_vectors: torch.Tensor | None) -> bool:
     """Whether :mod:`bncourse.streaming`'s loops run batch norm on ``x``: float32 on the CPU, contiguous.
 
     ``channel_vectors`` (weight, bias, running statistics; ``None`` for absent) must be float32 too.
+    Where the loops do not build, it warns once and says no: Inductor's code runs instead.
     """
     tensors = [x, *(v for v in channel_vectors if v is not None)]
-    return (all(t.is_cpu and t.dtype == torch.float32 for t in tensors) and x.is_contiguous()
-            and _available("cpu", os.environ.get("CXX")) is None)
+    if not (all(t.is_cpu and t.dtype == torch.float32 for t in tensors) and x.is_contiguous()
+            and _available("cpu", os.environ.get("CXX")) is None):
+        return False
+    reason = S.built()
+    if reason is not None:
+        _warn_loops_once(reason)
+    return reason is None
+
+
+@functools.cache
+def _warn_loops_once(reason: str) -> None:
+    warnings.warn(f"compiled=True: the loops of bncourse.streaming did not build ({reason}); running "
+                  "Inductor's code instead (same results)", RuntimeWarning, stacklevel=5)
 
 
 def forward_rows(x, gamma, beta, eps):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["channel_affine", "channel_sums", "last_level_cache_bytes", "source", "stream_bytes"]
+__all__ = ["built", "channel_affine", "channel_sums", "last_level_cache_bytes", "source", "stream_bytes"]
 
 SOURCES = Path(__file__).parent / "csrc"
 _ARGTYPES = {
@@ -42,6 +42,18 @@ def _loop(name: str):
     from torch._inductor.codecache import CppPythonBindingsCodeCache
 
     return CppPythonBindingsCodeCache.load_pybinding(_ARGTYPES[name], source(name))
+
+
+@functools.cache
+def built() -> str | None:
+    """``None`` once both loops are built (or loaded from the cache) here, else why they could not be."""
+    try:
+        for name in _ARGTYPES:
+            _loop(name)
+    except Exception as error:  # a compiler that cannot build them (no OpenMP, say): the caller falls back
+        first = (str(error).strip().splitlines() or [""])[0]
+        return f"{type(error).__name__}: {first}"
+    return None
 
 
 def _check(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
